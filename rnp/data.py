@@ -1,0 +1,136 @@
+"""Data sets as uint8 tensors, and device-resident batching.
+
+A data set loader returns whole splits as `(N, C, H, W)` uint8 images and int64
+labels. Training and evaluation keep a split on the device and normalise and
+augment whole batches there: no per-sample Python, no PIL in the hot loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from .registry import Registry
+
+__all__ = [
+    "Dataset",
+    "ImageSet",
+    "DeviceData",
+    "DATASETS",
+    "load_dataset",
+    "list_datasets",
+    "random_crop",
+    "random_flip",
+]
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    images: torch.Tensor  # (N, C, H, W) uint8
+    labels: torch.Tensor  # (N,) int64
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise ValueError(f"images must be (N, C, H, W) uint8, got {tuple(self.images.shape)} {self.images.dtype}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(f"{self.images.shape[0]} images but labels of shape {tuple(self.labels.shape)}")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def subset(self, idx: torch.Tensor) -> "ImageSet":
+        return ImageSet(self.images[idx], self.labels[idx])
+
+
+@dataclass(frozen=True)
+class Dataset:
+    train: ImageSet
+    test: ImageSet | None  # None: split off `data.test_fraction` of train
+    num_classes: int
+    mean: tuple[float, ...]  # per channel, of images scaled to [0, 1]
+    std: tuple[float, ...]
+
+
+DATASETS: Registry = Registry("data set", "data.dataset")
+
+
+def load_dataset(name: str, root: str = "data/raw") -> Dataset:
+    return DATASETS.get(name)(root)
+
+
+def list_datasets() -> list[str]:
+    return DATASETS.names()
+
+
+@DATASETS.register("digits")
+def digits(root: str) -> Dataset:
+    """scikit-learn's bundled handwritten digits: 1,797 real 8x8 grey images, 10 classes, offline."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    # 0..16 grey levels -> 0..255
+    images = torch.from_numpy((bunch.images * (255.0 / 16.0)).round()).to(torch.uint8).unsqueeze(1)
+    labels = torch.from_numpy(bunch.target).long()
+    scaled = images.float() / 255.0
+    return Dataset(
+        train=ImageSet(images, labels),
+        test=None,
+        num_classes=10,
+        mean=(round(scaled.mean().item(), 4),),
+        std=(round(scaled.std().item(), 4),),
+    )
+
+
+def random_crop(images: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
+    """Per-image random crop of a zero-padded batch, one gather for the whole batch."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (padding,) * 4).permute(0, 2, 3, 1)  # (N, H+2p, W+2p, C)
+    dy = torch.randint(0, 2 * padding + 1, (n, 1), generator=gen, device=gen.device).to(images.device)
+    dx = torch.randint(0, 2 * padding + 1, (n, 1), generator=gen, device=gen.device).to(images.device)
+    rows = dy + torch.arange(h, device=images.device)  # (N, H)
+    cols = dx + torch.arange(w, device=images.device)  # (N, W)
+    batch = torch.arange(n, device=images.device)[:, None, None]
+    return padded[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # (N, C, H, W)
+
+
+def random_flip(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(images.shape[0], generator=gen, device=gen.device).to(images.device) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(3), images)
+
+
+class DeviceData:
+    """A split held on the device as uint8; yields normalised float batches."""
+
+    def __init__(self, data: ImageSet, mean, std, device: torch.device):
+        self.images = data.images.to(device)
+        self.labels = data.labels.to(device)
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() / 255.0 - self.mean) / self.std
+
+    def batches(
+        self,
+        batch_size: int,
+        gen: torch.Generator | None = None,
+        crop_padding: int = 0,
+        flip: bool = False,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Shuffled (when `gen` is given) batches; augmentation needs `gen` too."""
+        n = len(self)
+        order = torch.randperm(n, generator=gen, device=gen.device).to(self.images.device) if gen else None
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size] if order is not None else slice(start, start + batch_size)
+            x = self.images[idx]
+            if gen is not None and crop_padding:
+                x = random_crop(x, crop_padding, gen)
+            if gen is not None and flip:
+                x = random_flip(x, gen)
+            yield self.normalise(x), self.labels[idx]

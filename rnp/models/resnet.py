@@ -1,0 +1,56 @@
+import torch.nn.functional as F
+from torch import nn
+
+from . import MODELS
+
+__all__ = ["ResNet", "resnet18"]
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """CIFAR-style ResNet: 3x3 stem, no max-pool, four stages of BasicBlocks."""
+
+    def __init__(self, blocks: tuple[int, ...], num_classes: int, in_channels: int = 3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        layers, c_in = [], 64
+        for i, n in enumerate(blocks):
+            c_out, stride = 64 * 2**i, 1 if i == 0 else 2
+            stage = []
+            for s in [stride] + [1] * (n - 1):
+                stage.append(BasicBlock(c_in, c_out, s))
+                c_in = c_out
+            layers.append(nn.Sequential(*stage))
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.linear = nn.Linear(c_in, num_classes)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.linear(out)
+
+
+@MODELS.register("resnet18")
+def resnet18(num_classes: int, in_channels: int) -> nn.Module:
+    """CIFAR-style ResNet-18 (11M parameters, 4,800 BN channels), as in the RNP paper."""
+    return ResNet((2, 2, 2, 2), num_classes, in_channels)

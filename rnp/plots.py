@@ -1,0 +1,76 @@
+"""PNG figures a person would rather see than read (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+__all__ = ["trigger_png", "masks_png", "curve_png"]
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _show(ax, img: torch.Tensor) -> None:
+    img = img.permute(1, 2, 0).numpy()
+    ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def trigger_png(clean: torch.Tensor, triggered: torch.Tensor, labels: list[str], title: str) -> bytes:
+    """Two rows: clean images above, the same images with the trigger below."""
+    n = clean.shape[0]
+    fig, axes = plt.subplots(2, n, figsize=(1.2 * n, 2.8), squeeze=False)
+    for i in range(n):
+        _show(axes[0, i], clean[i])
+        _show(axes[1, i], triggered[i])
+        axes[1, i].set_xlabel(labels[i], fontsize=7)
+    axes[0, 0].set_ylabel("clean")
+    axes[1, 0].set_ylabel("triggered")
+    fig.suptitle(title, fontsize=9)
+    return _png(fig)
+
+
+def masks_png(masks: dict[str, torch.Tensor], threshold: float | None = None) -> bytes:
+    """Mask values per BN layer, in model order: low values show where the backdoor lives."""
+    names = list(masks)
+    fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(names) + 2), 3.6))
+    for i, name in enumerate(names):
+        values = masks[name].float().cpu()
+        jitter = (torch.rand(values.numel(), generator=torch.Generator().manual_seed(i)) - 0.5) * 0.6
+        ax.scatter(i + jitter, values, s=6, alpha=0.6, color="tab:blue")
+    if threshold is not None:
+        ax.axhline(threshold, color="tab:red", lw=1, ls="--", label=f"t = {threshold:.2f}")
+        ax.legend(fontsize=7)
+    ax.set_xticks(range(len(names)), names, rotation=70, fontsize=6)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_ylabel("mask value")
+    ax.set_title("RNP channel masks per BatchNorm layer", fontsize=9)
+    return _png(fig)
+
+
+def curve_png(rows: list[dict], x: str, selected: int, oracle: int) -> bytes:
+    """CA and ASR along the pruning sweep, with the chosen and the oracle points marked."""
+    xs = [r[x] for r in rows]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.plot(xs, [100 * r["ca"] for r in rows], "o-", ms=3, label="clean accuracy (CA)")
+    ax.plot(xs, [100 * r["asr"] for r in rows], "s-", ms=3, label="attack success (ASR)")
+    ax.plot(xs, [100 * r["holdout_acc"] for r in rows], ":", color="grey", label="held-out defense acc")
+    ax.axvline(xs[selected], color="tab:green", lw=1.2, label=f"selected {x}={xs[selected]:g}")
+    ax.axvline(xs[oracle], color="tab:red", lw=1, ls="--", label=f"oracle {x}={xs[oracle]:g}")
+    ax.set_xlabel("mask threshold" if x == "threshold" else "channels pruned")
+    ax.set_ylabel("%")
+    ax.set_ylim(-2, 102)
+    ax.legend(fontsize=7, loc="center left")
+    ax.set_title("RNP pruning sweep", fontsize=9)
+    return _png(fig)

@@ -1,0 +1,40 @@
+"""A registry is a plain dict filled by a decorator; lookups name the valid keys."""
+
+from __future__ import annotations
+
+from typing import Callable, Generic, TypeVar
+
+from .errors import RnpError
+
+__all__ = ["Registry"]
+
+T = TypeVar("T", bound=Callable)
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str, key: str):
+        self.kind = kind  # "data set", "attack", "architecture"
+        self.key = key  # the params key users set, for error messages
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str | None = None) -> Callable[[T], T]:
+        def add(fn: T) -> T:
+            key = name or fn.__name__
+            if key in self._entries:
+                raise ValueError(f"{self.kind} {key!r} registered twice")
+            self._entries[key] = fn
+            return fn
+
+        return add
+
+    def get(self, name: str) -> T:
+        if name not in self._entries:
+            raise RnpError(f"unknown {self.kind} {name!r} in {self.key} (valid: {', '.join(self.names())})")
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def describe(self) -> dict[str, str]:
+        """name -> first line of the entry's docstring."""
+        return {n: (self._entries[n].__doc__ or "").strip().splitlines()[0] for n in self.names()}

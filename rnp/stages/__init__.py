@@ -1,0 +1,1 @@
+"""Thin stages: read files -> call the pure core -> write files atomically."""

@@ -1,0 +1,48 @@
+"""poison: clean data set -> poisoned training set, clean/triggered test sets, clean defense data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..config import Config
+from ..data import load_dataset
+from ..io import StageWriter, json_bytes
+from ..plots import trigger_png
+from ..poisoning import poison
+from ._common import DataInfo, imageset_bytes, say
+
+__all__ = ["run"]
+
+
+def run(cfg: Config, out: Path) -> dict:
+    ds = load_dataset(cfg.data.dataset, cfg.data.root)
+    pd = poison(ds, cfg.data, cfg.attack, cfg.seed)
+    info = DataInfo(cfg.data.dataset, ds.num_classes, tuple(pd.train.images.shape[1:]), ds.mean, ds.std)
+
+    n_show = min(8, len(pd.test_poison))
+    clean_examples = pd.test_clean.images[pd.test_clean.labels != cfg.attack.target][:n_show] if cfg.attack.mode == "all_to_one" else pd.test_clean.images[:n_show]
+    labels = [f"{int(y)} -> {int(t)}" for y, t in zip(pd.test_poison.labels[:n_show], pd.test_targets[:n_show])]
+    metrics = {
+        "train": len(pd.train),
+        "poisoned": int(pd.poisoned.sum()),
+        "poison_rate": pd.poisoned.float().mean().item(),
+        "test_clean": len(pd.test_clean),
+        "test_poison": len(pd.test_poison),
+        "defense": len(pd.defense),
+        "holdout": len(pd.holdout),
+    }
+    with StageWriter(out) as w:
+        w.write("train.safetensors", imageset_bytes(pd.train, info, poisoned=pd.poisoned.to(torch.uint8)))
+        w.write("test_clean.safetensors", imageset_bytes(pd.test_clean, info))
+        w.write("test_poison.safetensors", imageset_bytes(pd.test_poison, info, targets=pd.test_targets))
+        w.write("defense.safetensors", imageset_bytes(pd.defense, info))
+        w.write("holdout.safetensors", imageset_bytes(pd.holdout, info))
+        w.write("trigger.png", trigger_png(clean_examples, pd.test_poison.images[:n_show], labels, f"{cfg.attack.name} on {cfg.data.dataset}"))
+        w.write("metrics.json", json_bytes(metrics))
+    say(
+        f"poison: {metrics['poisoned']}/{metrics['train']} training images poisoned ({cfg.attack.name}, {cfg.attack.mode}), "
+        f"{metrics['defense']}+{metrics['holdout']} clean defense/holdout images -> {out}"
+    )
+    return metrics

@@ -1,0 +1,59 @@
+"""recover: unlearned model + clean defense data -> one [0, 1] mask per BN channel."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import Config
+from ..defense import recover
+from ..io import StageWriter, csv_bytes, json_bytes, tensors_bytes
+from ..models import load_model
+from ..plots import masks_png
+from ..training import seeded_generator
+from ._common import load_imageset, progress, resolve_device, say, seed_everything
+
+__all__ = ["run"]
+
+
+def run(cfg: Config, poison_dir: Path, unlearn_dir: Path, out: Path) -> dict:
+    defense_set, info, _ = load_imageset(poison_dir / "defense.safetensors")
+    unlearned, spec, _ = load_model(unlearn_dir / "model.safetensors", hint=" (run the unlearn stage first: dvc repro unlearn)")
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    unlearned.to(device)
+    defense = info.on(defense_set, device)
+
+    history = []
+    bar = progress(None, "recover", total=cfg.recover.epochs)
+
+    def report(epoch, stats, masks):
+        flat = torch.cat([m.flatten() for m in masks.values()])
+        history.append({"epoch": epoch, "loss": stats.loss, "defense_acc": stats.acc, "mean_mask": flat.mean().item(), "zero_masks": int((flat == 0).sum())})
+        bar.update()
+        bar.set_postfix(defense_acc=f"{stats.acc:.3f}")
+
+    start = time.perf_counter()
+    masks = recover(unlearned, defense, cfg.recover, cfg.augment, seeded_generator(cfg.seed, device), report)
+    bar.close()
+    seconds = time.perf_counter() - start
+    flat = torch.cat([m.flatten() for m in masks.values()]).cpu()
+    rows = [{"layer": name, "channel": c, "mask": v} for name, m in masks.items() for c, v in enumerate(m.cpu().tolist())]
+    metrics = {
+        "layers": len(masks),
+        "channels": flat.numel(),
+        "mean_mask": flat.mean().item(),
+        "zero_masks": int((flat == 0).sum()),
+        "masks_below_0_2": int((flat <= 0.2).sum()),
+        "defense_acc": history[-1]["defense_acc"],
+    }
+    with StageWriter(out) as w:
+        w.write("masks.safetensors", tensors_bytes(masks, {"model": spec.__dict__, "stage": "recover"}))
+        w.write("masks.csv", csv_bytes(rows))
+        w.write("masks.png", masks_png(masks))
+        w.write("history.csv", csv_bytes(history))
+        w.write("metrics.json", json_bytes(metrics))
+    say(f"recover: {metrics['channels']} masks over {metrics['layers']} BN layers ({seconds:.1f} s), {metrics['zero_masks']} at 0, {metrics['masks_below_0_2']} <= 0.2 -> {out}")
+    return metrics

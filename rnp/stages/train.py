@@ -1,0 +1,51 @@
+"""train: poisoned training set -> backdoored model."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import Config
+from ..io import StageWriter, csv_bytes, json_bytes
+from ..metrics import accuracy, attack_metrics
+from ..models import create_model, model_bytes
+from ..training import run_epoch, seeded_generator
+from ._common import load_imageset, progress, resolve_device, say, seed_everything
+
+__all__ = ["run"]
+
+
+def run(cfg: Config, poison_dir: Path, out: Path) -> dict:
+    train_set, info, _ = load_imageset(poison_dir / "train.safetensors", "poisoned")
+    test_set, _, _ = load_imageset(poison_dir / "test_clean.safetensors")
+    trig_set, _, extra = load_imageset(poison_dir / "test_poison.safetensors", "targets")
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    spec = info.model_spec(cfg.model.arch)
+    model = create_model(spec).to(device)
+    train, test, triggered = info.on(train_set, device), info.on(test_set, device), info.on(trig_set, device)
+
+    p = cfg.train
+    optimizer = torch.optim.SGD(model.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay, nesterov=True)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=p.epochs)
+    gen = seeded_generator(cfg.seed, device)
+    history, start = [], time.perf_counter()
+    bar = progress(range(1, p.epochs + 1), "train")
+    for epoch in bar:
+        stats = run_epoch(model, train, optimizer, p.batch_size, gen, cfg.augment)
+        scheduler.step()
+        row = {"epoch": epoch, "loss": stats.loss, "train_acc": stats.acc, "ca": accuracy(model, test), **attack_metrics(model, triggered, extra["targets"])}
+        history.append(row)
+        bar.set_postfix(loss=f"{stats.loss:.3f}", ca=f"{row['ca']:.3f}", asr=f"{row['asr']:.3f}")
+    seconds = time.perf_counter() - start
+
+    last = history[-1]
+    metrics = {"ca": last["ca"], "asr": last["asr"], "ra": last["ra"], "train_acc": last["train_acc"]}
+    with StageWriter(out) as w:
+        w.write("model.safetensors", model_bytes(model, spec, {"params": cfg.to_dict(), "stage": "train"}))
+        w.write("history.csv", csv_bytes(history))
+        w.write("metrics.json", json_bytes(metrics))
+    say(f"train: {spec.arch} backdoored in {p.epochs} epochs ({seconds:.1f} s): CA {last['ca']:.1%}, ASR {last['asr']:.1%} -> {out}")
+    return metrics

@@ -1,0 +1,60 @@
+"""One epoch of (mini-batch) optimisation, shared by train, unlearn and recover."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .config import AugmentParams
+from .data import DeviceData
+
+__all__ = ["EpochStats", "run_epoch", "seeded_generator"]
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    loss: float  # mean cross-entropy over the epoch (before any sign flip or scaling)
+    acc: float  # running training accuracy over the epoch
+
+
+def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
+    # CPU generator for batch order and augmentation: identical streams on any device
+    return torch.Generator().manual_seed(seed)
+
+
+def run_epoch(
+    model: nn.Module,
+    data: DeviceData,
+    optimizer: torch.optim.Optimizer,
+    batch_size: int,
+    gen: torch.Generator,
+    augment: AugmentParams,
+    loss_scale: float = 1.0,
+    clip_grad_norm: float = 0.0,
+    after_step: Callable[[], None] | None = None,
+) -> EpochStats:
+    """Minimise `loss_scale * CE` for one pass over `data` in train mode.
+
+    loss_scale -1 is gradient ascent (unlearn); 0.2 is RNP's alpha (recover).
+    """
+    model.train()
+    total_loss = torch.zeros((), device=data.images.device)
+    correct = torch.zeros((), device=data.images.device, dtype=torch.long)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for x, y in data.batches(batch_size, gen, augment.crop_padding, augment.flip):
+        logits = model(x)
+        loss = nn.functional.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        (loss_scale * loss).backward()
+        if clip_grad_norm > 0:
+            nn.utils.clip_grad_norm_(params, clip_grad_norm)
+        optimizer.step()
+        if after_step is not None:
+            after_step()
+        total_loss += loss.detach() * y.shape[0]
+        correct += (logits.argmax(1) == y).sum()
+    n = len(data)
+    return EpochStats(loss=total_loss.item() / n, acc=correct.item() / n)
