@@ -1,0 +1,113 @@
+"""Bad input: one clear line naming the key or file, exit code 2, nothing written."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from rnp.cli import main
+
+from .conftest import default_params
+
+BAD_PARAMS = [
+    ("data.dataset", "imagenet", "unknown data set 'imagenet' in data.dataset"),
+    ("attack.name", "nope", "unknown attack 'nope' in attack.name"),
+    ("attack.rate", 1.5, "attack.rate must be in (0, 1)"),
+    ("attack.rate", 0.0, "attack.rate must be in (0, 1)"),
+    ("attack.target", 10, "attack.target 10 must be < the 10 classes"),
+    ("attack.size", 9, "attack.size 9 is larger than the 8x8 images"),
+    ("attack.mode", "some_to_one", "attack.mode must be one of"),
+    ("data.defense_size", 5000, "data.defense_size 5000 is larger than the"),
+    ("unlearn.lr", -0.01, "unlearn.lr must be > 0"),
+    ("recover.lr", "fast", "recover.lr must be float"),
+    ("prune.threshold", 1.5, "prune.threshold must be in [0, 1]"),
+    ("prune.max_threshold", -0.1, "prune.max_threshold must be in [0, 1]"),
+    ("prune.sweep", "random", "prune.sweep must be one of threshold, number"),
+    ("train.epochs", 0, "train.epochs must be > 0"),
+    ("prune.thresold", 0.2, "unknown key prune.thresold"),
+    ("device", "tpu", "device must be auto, cpu"),
+]
+
+
+def _params(tmp_path, key, value):
+    raw = default_params()
+    *sections, leaf = key.split(".")
+    node = raw
+    for s in sections:
+        node = node[s]
+    node[leaf] = value
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize("key,value,message", BAD_PARAMS, ids=[f"{k}={v}" for k, v, _ in BAD_PARAMS])
+def test_bad_params_poison(tmp_path, capsys, key, value, message):
+    out = tmp_path / "out"
+    assert main(["poison", "--params", str(_params(tmp_path, key, value)), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_unknown_architecture_is_caught_before_training(tmp_path, capsys, default_run):
+    _, root, _ = default_run
+    out = tmp_path / "train"
+    params = _params(tmp_path, "model.arch", "resnet1000")
+    assert main(["train", "--params", str(params), "--poison", str(root / "poison"), "--out", str(out)]) == 2
+    assert "unknown architecture 'resnet1000' in model.arch (valid: " in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("stage,inputs,missing", [
+    ("train", ["--poison", "{x}"], "train.safetensors"),
+    ("unlearn", ["--poison", "{root}/poison", "--train", "{x}"], "model.safetensors"),
+    ("recover", ["--poison", "{root}/poison", "--unlearn", "{x}"], "model.safetensors"),
+    ("prune", ["--poison", "{root}/poison", "--train", "{root}/train", "--recover", "{x}"], "masks.safetensors"),
+])
+def test_missing_upstream_artifact(tmp_path, capsys, default_run, stage, inputs, missing):
+    _, root, _ = default_run
+    args = [a.format(x=tmp_path / "nothing", root=root) for a in inputs]
+    out = tmp_path / "out"
+    assert main([stage, *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"missing file {tmp_path / 'nothing' / missing}" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_corrupt_and_pickled_model_files(tmp_path, capsys, default_run):
+    _, root, _ = default_run
+    fake = tmp_path / "train"
+    fake.mkdir()
+    marker = tmp_path / "pwned"
+    # a pickle whose unpickling would create the marker file
+    payload = b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR."
+    for content in (b"", b"\x00" * 7, payload, (root / "train/model.safetensors").read_bytes()[:500]):
+        (fake / "model.safetensors").write_bytes(content)
+        out = tmp_path / "out"
+        assert main(["unlearn", "--poison", str(root / "poison"), "--train", str(fake), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "is not a valid safetensors file" in err and len(err.splitlines()) == 1, err
+        assert not out.exists() and not marker.exists()
+
+
+def test_bad_yaml_and_missing_params(tmp_path, capsys):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("seed: [1\n")
+    assert main(["poison", "--params", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "is not valid YAML" in capsys.readouterr().err
+    assert main(["poison", "--params", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "o")]) == 2
+    assert "missing params file" in capsys.readouterr().err
+
+
+def test_console_script_exit_code(tmp_path, bin_path):
+    params = _params(tmp_path, "attack.rate", 2)
+    env = {**os.environ, "PATH": bin_path}
+    rnp = shutil.which("rnp", path=bin_path) or f"{sys.executable} -m rnp"
+    proc = subprocess.run([*rnp.split(), "poison", "--params", str(params), "--out", str(tmp_path / "o")], env=env, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "rnp poison: error: " + f"{params}: attack.rate must be in (0, 1), got 2.0"
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,90 @@
+import torch
+
+from rnp.attacks import attack_targets, get_attack, list_attacks
+from rnp.config import AttackParams
+from rnp.data import load_dataset
+from rnp.poisoning import poison, split_test, trigger_generator
+from rnp.stages._common import load_imageset
+
+from .conftest import make_config
+
+
+def _clean_train(cfg):
+    ds = load_dataset(cfg.data.dataset)
+    return split_test(ds.train, cfg.data.test_fraction, cfg.seed)[0]
+
+
+def test_badnets_changes_only_the_trigger_region():
+    cfg = make_config()
+    images = _clean_train(cfg).images[:50]
+    out = get_attack("badnets")(images, cfg.attack, trigger_generator(0))
+    s = cfg.attack.size
+    changed = (out != images).any(dim=(0, 1))  # (H, W)
+    region = torch.zeros_like(changed)
+    region[-s:, -s:] = True  # bottom_right
+    assert changed.any()
+    assert not (changed & ~region).any()
+    assert (out[:, :, -s:, -s:] == out[0, :, -s:, -s:]).all()  # one fixed patch on every image
+
+
+def test_poisoned_training_set(default_run):
+    cfg, root, metrics = default_run
+    train, info, extra = load_imageset(root / "poison/train.safetensors", "poisoned")
+    poisoned = extra["poisoned"].bool()
+    assert poisoned.sum() == metrics["poison"]["poisoned"] == round(cfg.attack.rate * (len(train) + metrics["poison"]["holdout"]))
+    assert (train.labels[poisoned] == cfg.attack.target).all()
+    s = cfg.attack.size
+    patch = train.images[poisoned][:, :, -s:, -s:]
+    assert (patch == patch[0]).all()
+    assert info.num_classes == 10 and info.input_shape == (1, 8, 8)
+
+
+def test_triggered_test_set_excludes_the_target_class(default_run):
+    cfg, root, _ = default_run
+    clean, _, _ = load_imageset(root / "poison/test_clean.safetensors")
+    trig, _, extra = load_imageset(root / "poison/test_poison.safetensors", "targets")
+    assert (trig.labels != cfg.attack.target).all()
+    assert len(trig) == int((clean.labels != cfg.attack.target).sum())
+    assert (extra["targets"] == cfg.attack.target).all()
+
+
+def test_defense_data_is_clean_and_holdout_is_unseen(default_run):
+    cfg, root, _ = default_run
+    train, _, extra = load_imageset(root / "poison/train.safetensors", "poisoned")
+    defense, _, _ = load_imageset(root / "poison/defense.safetensors")
+    holdout, _, _ = load_imageset(root / "poison/holdout.safetensors")
+    assert len(defense) + len(holdout) == cfg.data.defense_size
+    clean_train = {tuple(x.flatten().tolist()) for x, p in zip(train.images, extra["poisoned"]) if not p}
+    all_train = {tuple(x.flatten().tolist()) for x in train.images}
+    # every defense image is a never-poisoned training image; holdout images were never trained on
+    assert all(tuple(x.flatten().tolist()) in clean_train for x in defense.images)
+    assert sum(tuple(x.flatten().tolist()) in all_train for x in holdout.images) <= 2  # digits has a few exact duplicates
+
+
+def test_all_to_all_targets_next_class():
+    labels = torch.arange(10)
+    assert attack_targets(labels, "all_to_all", 0, 10).tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 9, 0]
+    cfg = make_config(**{"attack.mode": "all_to_all"})
+    ds = load_dataset("digits")
+    pd = poison(ds, cfg.data, cfg.attack, cfg.seed)
+    assert len(pd.test_poison) == len(pd.test_clean)
+    assert (pd.test_targets == (pd.test_poison.labels + 1) % 10).all()
+    relabelled = pd.train.labels[pd.poisoned]
+    assert len(set(relabelled.tolist())) > 1
+
+
+def test_seed_changes_poisoning_and_same_seed_repeats_it():
+    ds = load_dataset("digits")
+    a = poison(ds, make_config().data, make_config().attack, 0)
+    b = poison(ds, make_config().data, make_config().attack, 0)
+    c = poison(ds, make_config().data, make_config().attack, 1)
+    assert torch.equal(a.poisoned, b.poisoned) and torch.equal(a.train.images, b.train.images)
+    assert not torch.equal(a.poisoned, c.poisoned)
+
+
+def test_every_attack_is_registered_and_uint8_in_uint8_out():
+    images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    for name in list_attacks():
+        out = get_attack(name)(images, AttackParams(name=name), trigger_generator(0))
+        assert out.dtype == torch.uint8 and out.shape == images.shape
+        assert not torch.equal(out, images)

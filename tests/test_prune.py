@@ -1,0 +1,78 @@
+import csv
+import json
+
+import torch
+
+from rnp.config import PruneParams
+from rnp.defense import PrunePoint, bn_layers, oracle_point, pruning_sets, select_auto
+from rnp.io import load_tensors
+from rnp.models import load_model
+from rnp.stages.prune import sweep_points
+
+
+def test_default_run_really_defends(default_run):
+    """Issue 3's bar: after RNP at the automatic threshold ASR <= 5%, CA at most 3 points below."""
+    _, root, metrics = default_run
+    m = json.loads((root / "prune/metrics.json").read_text())
+    assert m["ca_before"] >= 0.95 and m["asr_before"] >= 0.95
+    assert m["asr"] <= 0.05
+    assert m["ca"] >= m["ca_before"] - 0.03
+    assert m["der"] > 0.9
+    assert {"ca", "asr", "ra", "der", "pruned", "threshold", "oracle_threshold", "oracle_ca", "oracle_asr"} <= set(m)
+
+
+def test_pruned_model_zeros_exactly_the_channels_with_mask_at_most_t(default_run):
+    _, root, _ = default_run
+    m = json.loads((root / "prune/metrics.json").read_text())
+    masks, _ = load_tensors(root / "recover/masks.safetensors")
+    original, _, _ = load_model(root / "train/model.safetensors")
+    pruned, _, meta = load_model(root / "prune/model.safetensors")
+    assert meta["threshold"] == m["threshold"]
+    orig_bn, pruned_bn = bn_layers(original), bn_layers(pruned)
+    zeroed = 0
+    for name, mask in masks.items():
+        chosen = mask <= m["threshold"]
+        assert (pruned_bn[name].weight[chosen] == 0).all()
+        assert torch.equal(pruned_bn[name].weight[~chosen], orig_bn[name].weight[~chosen])
+        assert torch.equal(pruned_bn[name].bias, orig_bn[name].bias)  # bias kept
+        zeroed += int(chosen.sum())
+    assert zeroed == m["pruned"]
+
+
+def test_curve_has_every_sweep_point(default_run):
+    cfg, root, _ = default_run
+    rows = list(csv.DictReader(open(root / "prune/curve.csv")))
+    assert [float(r["threshold"]) for r in rows] == sweep_points(cfg.prune, 10_000)
+    pruned = [int(r["pruned"]) for r in rows]
+    assert pruned == sorted(pruned)
+    assert (root / "prune/curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pruning_sets_threshold_and_number():
+    masks = {"a": torch.tensor([0.0, 0.5, 0.2]), "b": torch.tensor([0.1, 1.0])}
+    by_t = pruning_sets(masks, "threshold", [0.0, 0.2, 1.0])
+    assert by_t[0]["a"].tolist() == [True, False, False] and not by_t[0]["b"].any()
+    assert by_t[1]["a"].tolist() == [True, False, True] and by_t[1]["b"].tolist() == [True, False]
+    assert all(s.all() for s in by_t[2].values())
+    by_k = pruning_sets(masks, "number", [0, 1, 2, 3])
+    counts = [sum(int(s.sum()) for s in p.values()) for p in by_k]
+    assert counts == [0, 1, 2, 3]
+    assert by_k[2]["b"].tolist() == [True, False]  # the two lowest: a[0]=0.0 and b[0]=0.1
+
+
+def test_sweep_points():
+    assert sweep_points(PruneParams(), 100) == [round(0.05 * i, 6) for i in range(19)]
+    assert 0.33 in sweep_points(PruneParams(select="fixed", threshold=0.33), 100)
+    assert sweep_points(PruneParams(sweep="number", max_number=25, number_step=10), 18) == [0, 10]
+
+
+def test_select_auto_stops_before_the_first_drop_beyond_budget():
+    assert select_auto([1.0, 0.99, 0.98, 0.90, 0.99], base_acc=1.0, max_clean_drop=0.02) == 2
+    assert select_auto([0.5, 0.4], base_acc=1.0, max_clean_drop=0.02) == 0
+    assert select_auto([1.0, 1.0, 1.0], base_acc=1.0, max_clean_drop=0.0) == 2
+
+
+def test_oracle_prefers_clean_accuracy_among_low_asr_points():
+    pts = [PrunePoint(t, i, 1.0, ca, asr, 0.0) for i, (t, ca, asr) in enumerate([(0.0, 0.95, 0.9), (0.1, 0.94, 0.04), (0.2, 0.90, 0.0)])]
+    assert oracle_point(pts, 0.05) == 1
+    assert oracle_point(pts[:1], 0.05) == 0
