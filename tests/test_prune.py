@@ -76,3 +76,21 @@ def test_oracle_prefers_clean_accuracy_among_low_asr_points():
     pts = [PrunePoint(t, i, 1.0, ca, asr, 0.0) for i, (t, ca, asr) in enumerate([(0.0, 0.95, 0.9), (0.1, 0.94, 0.04), (0.2, 0.90, 0.0)])]
     assert oracle_point(pts, 0.05) == 1
     assert oracle_point(pts[:1], 0.05) == 0
+
+
+def test_number_sweep_and_fixed_choice(tmp_path, default_run):
+    from rnp.stages import prune
+
+    from .conftest import make_config
+
+    _, root, _ = default_run
+    cfg = make_config(**{"prune.sweep": "number", "prune.max_number": 60, "prune.number_step": 20, "prune.select": "fixed", "prune.number": 25})
+    m = prune.run(cfg, root / "poison", root / "train", root / "recover", tmp_path / "prune")
+    rows = list(csv.DictReader(open(tmp_path / "prune/curve.csv")))
+    assert [int(r["pruned"]) for r in rows] == [0, 20, 25, 40, 60]
+    assert m["pruned"] == 25
+    masks, _ = load_tensors(root / "recover/masks.safetensors")
+    flat = torch.cat(list(masks.values()))
+    assert m["threshold"] == flat.sort().values[24].item()  # the 25th lowest mask
+    pruned, _, _ = load_model(tmp_path / "prune/model.safetensors")
+    assert sum(int((bn.weight == 0).sum()) for bn in bn_layers(pruned).values()) == 25
