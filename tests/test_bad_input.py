@@ -111,3 +111,15 @@ def test_console_script_exit_code(tmp_path, bin_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == "rnp poison: error: " + f"{params}: attack.rate must be in (0, 1), got 2.0"
     assert "Traceback" not in proc.stderr
+
+
+def test_list_names_every_registry_entry(capsys):
+    from rnp.attacks import list_attacks
+    from rnp.data import list_datasets
+    from rnp.models import list_models
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in [*list_datasets(), *list_attacks(), *list_models()]:
+        line = next(li for li in out.splitlines() if li.split()[:1] == [name])
+        assert len(line.split()) > 2  # name plus a description
