@@ -84,6 +84,17 @@ def digits(root: str) -> Dataset:
     )
 
 
+@DATASETS.register("digits32")
+def digits32(root: str) -> Dataset:
+    """digits upsampled to 32x32 RGB (bilinear, grey in 3 channels): CIFAR geometry, offline."""
+    small = digits(root)
+    up = F.interpolate(small.train.images.float(), size=(32, 32), mode="bilinear", align_corners=False)
+    images = up.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    scaled = images[:, :1].float() / 255.0
+    mean, std = round(scaled.mean().item(), 4), round(scaled.std().item(), 4)
+    return Dataset(ImageSet(images, small.train.labels), None, 10, (mean,) * 3, (std,) * 3)
+
+
 def random_crop(images: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
     """Per-image random crop of a zero-padded batch, one gather for the whole batch."""
     n, _, h, w = images.shape

@@ -70,4 +70,4 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
     model.load_state_dict(state)
 
 
-from . import resnet, small_cnn  # noqa: E402,F401  (fill the registry)
+from . import mobilenet, resnet, small_cnn, vgg, wide_resnet  # noqa: E402,F401  (fill the registry)
