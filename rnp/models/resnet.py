@@ -25,6 +25,19 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
+def _stages(block: type, blocks: tuple[int, ...]) -> tuple[list[nn.Sequential], int]:
+    """Four stages of 64, 128, 256, 512 channels; each but the first halves the resolution."""
+    stages, c_in = [], 64
+    for i, n in enumerate(blocks):
+        c_out, stride = 64 * 2**i, 1 if i == 0 else 2
+        stage = []
+        for s in [stride] + [1] * (n - 1):
+            stage.append(block(c_in, c_out, s))
+            c_in = c_out
+        stages.append(nn.Sequential(*stage))
+    return stages, c_in
+
+
 class ResNet(nn.Module):
     """CIFAR-style ResNet: 3x3 stem, no max-pool, four stages of BasicBlocks."""
 
@@ -32,14 +45,7 @@ class ResNet(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
-        layers, c_in = [], 64
-        for i, n in enumerate(blocks):
-            c_out, stride = 64 * 2**i, 1 if i == 0 else 2
-            stage = []
-            for s in [stride] + [1] * (n - 1):
-                stage.append(BasicBlock(c_in, c_out, s))
-                c_in = c_out
-            layers.append(nn.Sequential(*stage))
+        layers, c_in = _stages(BasicBlock, blocks)
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         self.linear = nn.Linear(c_in, num_classes)
 
@@ -81,14 +87,7 @@ class PreActResNet(nn.Module):
     def __init__(self, blocks: tuple[int, ...], num_classes: int, in_channels: int = 3):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
-        layers, c_in = [], 64
-        for i, n in enumerate(blocks):
-            c_out, stride = 64 * 2**i, 1 if i == 0 else 2
-            stage = []
-            for s in [stride] + [1] * (n - 1):
-                stage.append(PreActBlock(c_in, c_out, s))
-                c_in = c_out
-            layers.append(nn.Sequential(*stage))
+        layers, c_in = _stages(PreActBlock, blocks)
         self.layers = nn.Sequential(*layers)
         self.bn = nn.BatchNorm2d(c_in)
         self.linear = nn.Linear(c_in, num_classes)
