@@ -20,7 +20,7 @@ class EpochStats:
     acc: float  # running training accuracy over the epoch
 
 
-def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
+def seeded_generator(seed: int) -> torch.Generator:
     # CPU generator for batch order and augmentation: identical streams on any device
     return torch.Generator().manual_seed(seed)
 

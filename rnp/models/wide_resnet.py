@@ -2,24 +2,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import MODELS
+from .resnet import PreActBlock  # a WRN block is a pre-activation block (dropout 0)
 
 __all__ = ["wrn16_1"]
-
-
-class WideBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(c_in)
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.shortcut = nn.Conv2d(c_in, c_out, 1, stride, bias=False) if stride != 1 or c_in != c_out else None
-
-    def forward(self, x):
-        out = F.relu(self.bn1(x))
-        shortcut = self.shortcut(out) if self.shortcut is not None else x
-        out = self.conv2(F.relu(self.bn2(self.conv1(out))))
-        return out + shortcut
 
 
 class WideResNet(nn.Module):
@@ -31,7 +16,7 @@ class WideResNet(nn.Module):
         blocks, c_in = [], channels[0]
         for i, c in enumerate(channels[1:]):
             for j in range(n):
-                blocks.append(WideBlock(c_in, c, (1 if i == 0 else 2) if j == 0 else 1))
+                blocks.append(PreActBlock(c_in, c, (1 if i == 0 else 2) if j == 0 else 1))
                 c_in = c
         self.blocks = nn.Sequential(*blocks)
         self.bn = nn.BatchNorm2d(c_in)

@@ -36,7 +36,7 @@ def run(cfg: Config, poison_dir: Path, unlearn_dir: Path, out: Path) -> dict:
         bar.set_postfix(defense_acc=f"{stats.acc:.3f}")
 
     start = time.perf_counter()
-    masks = recover(unlearned, defense, cfg.recover, cfg.augment, seeded_generator(cfg.seed, device), report)
+    masks = recover(unlearned, defense, cfg.recover, cfg.augment, seeded_generator(cfg.seed), report)
     bar.close()
     seconds = time.perf_counter() - start
     flat = torch.cat([m.flatten() for m in masks.values()]).cpu()

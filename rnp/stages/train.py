@@ -30,7 +30,7 @@ def run(cfg: Config, poison_dir: Path, out: Path) -> dict:
     p = cfg.train
     optimizer = torch.optim.SGD(model.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay, nesterov=True)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=p.epochs)
-    gen = seeded_generator(cfg.seed, device)
+    gen = seeded_generator(cfg.seed)
     history, start = [], time.perf_counter()
     bar = progress(range(1, p.epochs + 1), "train")
     for epoch in bar:

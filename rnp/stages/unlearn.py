@@ -35,7 +35,7 @@ def run(cfg: Config, poison_dir: Path, train_dir: Path, out: Path) -> dict:
         bar.set_postfix(defense_acc=f"{stats.acc:.3f}")
 
     start = time.perf_counter()
-    unlearned, epochs = unlearn(model, defense, cfg.unlearn, cfg.augment, seeded_generator(cfg.seed, device), report)
+    unlearned, epochs = unlearn(model, defense, cfg.unlearn, cfg.augment, seeded_generator(cfg.seed), report)
     bar.close()
     seconds = time.perf_counter() - start
     last = history[-1]
