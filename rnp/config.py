@@ -20,11 +20,14 @@ from .errors import RnpError
 
 __all__ = ["Config", "load_config", "config_from_dict"]
 
+POSITIONS = ("bottom_right", "bottom_left", "top_right", "top_left", "center")
+
 
 @dataclass(frozen=True)
 class DataParams:
     dataset: str = "digits"  # registry name, see `rnp list`
     root: str = "data/raw"  # where downloadable data sets are stored
+    image_size: int = 32  # gtsrb and folder: images are resized to image_size x image_size
     test_fraction: float = 0.2  # test share, for data sets without an official test split
     defense_size: float = 300  # clean images the defender holds: a count (>= 1) or a fraction of train (< 1)
     defense_holdout: float = 0.34  # share of them held out (from training, unlearn and recover) to pick the threshold
@@ -32,30 +35,129 @@ class DataParams:
 
     def check(self) -> None:
         _in_open(self, "test_fraction", 0.0, 1.0)
+        _positive(self, "image_size")
         if self.defense_size <= 0 or (self.defense_size >= 1 and self.defense_size != int(self.defense_size)):
-            _bad("data.defense_size", "must be a whole count >= 1 or a fraction in (0, 1)", self.defense_size)
+            _bad("defense_size", "must be a whole count >= 1 or a fraction in (0, 1)", self.defense_size)
         _in_closed(self, "defense_holdout", 0.0, 0.9)
+
+
+@dataclass(frozen=True)
+class BadnetsParams:
+    size: int = 2  # patch side, pixels (Gu et al.: 3x3 on CIFAR-10)
+    position: str = "bottom_right"  # bottom_right | bottom_left | top_right | top_left | center
+    pattern: str = "checkerboard"  # checkerboard | white | black | random
+
+    def check(self) -> None:
+        _positive(self, "size")
+        _one_of(self, "position", POSITIONS)
+        _one_of(self, "pattern", ("checkerboard", "white", "black", "random"))
+
+
+@dataclass(frozen=True)
+class BlendParams:
+    alpha: float = 0.2  # blend ratio of the generated noise pattern (Chen et al.; BackdoorBench: 0.2)
+
+    def check(self) -> None:
+        _in_open(self, "alpha", 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class TrojanParams:
+    size: int = 3  # watermark side, pixels, bottom-right corner
+    steps: int = 100  # trigger optimisation steps maximising the chosen neuron (Liu et al. 2018)
+    alpha: float = 1.0  # opacity of the watermark inside its mask
+
+    def check(self) -> None:
+        _positive(self, "size", "steps")
+        _in_closed(self, "alpha", 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class SigParams:
+    delta: float = 20.0  # signal amplitude on the 0..255 scale (Barni et al.: 20)
+    frequency: float = 6.0  # sine periods across the image width (Barni et al.: 6)
+
+    def check(self) -> None:
+        _positive(self, "delta", "frequency")
+
+
+@dataclass(frozen=True)
+class WanetParams:
+    grid: int = 4  # k: control grid side (Nguyen & Tran 2021: 4)
+    strength: float = 0.5  # s: warping strength (0.5)
+    cross_ratio: float = 2.0  # noise mode: randomly warped, correctly labelled images per poisoned image (2)
+
+    def check(self) -> None:
+        _positive(self, "grid", "strength")
+        _non_negative(self, "cross_ratio")
+
+
+@dataclass(frozen=True)
+class LcParams:
+    eps: float = 16.0  # L-inf budget of the adversarial perturbation, 0..255 scale (Turner et al.: 16/255)
+    steps: int = 10  # PGD steps against the attacker's clean surrogate model
+    size: int = 3  # checkerboard trigger side, stamped in all four corners
+
+    def check(self) -> None:
+        _positive(self, "eps", "steps", "size")
+
+
+@dataclass(frozen=True)
+class IadParams:
+    epochs: int = 10  # joint training of trigger generator and surrogate classifier
+    cross_ratio: float = 1.0  # cross-trigger images (another image's trigger, true label) per poisoned image
+    diversity: float = 1.0  # weight of the diversity loss (Nguyen & Tran 2020: 1)
+    mask_density: float = 0.032  # target share of pixels the trigger mask covers
+    lr: float = 0.01  # Adam, generators
+
+    def check(self) -> None:
+        _positive(self, "epochs", "lr")
+        _non_negative(self, "cross_ratio", "diversity")
+        _in_open(self, "mask_density", 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class AdaptiveBlendParams:
+    alpha: float = 0.15  # training-time blend ratio (Qi et al. 2023: 0.15)
+    test_alpha: float = 0.2  # test-time blend ratio, full trigger (0.2)
+    pieces: int = 16  # the trigger is cut into this many equal pieces (16)
+    piece_rate: float = 0.5  # share of pieces a poisoned training image gets (0.5)
+    cover_ratio: float = 1.0  # cover images (trigger, true label) per poisoned image (Qi et al.: equal rates)
+
+    def check(self) -> None:
+        _in_open(self, "alpha", 0.0, 1.0)
+        _in_open(self, "test_alpha", 0.0, 1.0)
+        _positive(self, "pieces")
+        _in_open(self, "piece_rate", 0.0, 1.0)
+        _non_negative(self, "cover_ratio")
 
 
 @dataclass(frozen=True)
 class AttackParams:
     name: str = "badnets"  # registry name, see `rnp list`
     target: int = 0  # target class (all_to_one); all_to_all sends y to (y + 1) mod C
-    mode: str = "all_to_one"  # all_to_one | all_to_all
-    rate: float = 0.1  # share of training images poisoned
-    size: int = 2  # BadNets patch side, pixels
-    position: str = "bottom_right"  # bottom_right | bottom_left | top_right | top_left | center
-    pattern: str = "checkerboard"  # checkerboard | white | black | random
+    mode: str = "all_to_one"  # all_to_one | all_to_all (where the attack allows it)
+    rate: float = 0.1  # share of training images poisoned (clean-label attacks: drawn from the target class)
+    surrogate_arch: str = "small_cnn"  # trojan, lc, iad: the clean model the attacker trains for itself
+    surrogate_epochs: int = 10
+    badnets: BadnetsParams = field(default_factory=BadnetsParams)
+    blend: BlendParams = field(default_factory=BlendParams)
+    trojan: TrojanParams = field(default_factory=TrojanParams)
+    sig: SigParams = field(default_factory=SigParams)
+    wanet: WanetParams = field(default_factory=WanetParams)
+    lc: LcParams = field(default_factory=LcParams)
+    iad: IadParams = field(default_factory=IadParams)
+    adaptive_blend: AdaptiveBlendParams = field(default_factory=AdaptiveBlendParams)
 
     def check(self) -> None:
         _one_of(self, "mode", ("all_to_one", "all_to_all"))
         _in_open(self, "rate", 0.0, 1.0)
-        if self.target < 0:
-            _bad("attack.target", "must be >= 0", self.target)
-        if self.size < 1:
-            _bad("attack.size", "must be >= 1", self.size)
-        _one_of(self, "position", ("bottom_right", "bottom_left", "top_right", "top_left", "center"))
-        _one_of(self, "pattern", ("checkerboard", "white", "black", "random"))
+        _non_negative(self, "target")
+        _positive(self, "surrogate_epochs")
+
+    def settings(self) -> Any:
+        """The chosen attack's own section (attack.<name>), or None for an attack without one."""
+        return getattr(self, self.name, None)
 
 
 @dataclass(frozen=True)
@@ -70,7 +172,7 @@ class AugmentParams:
 
     def check(self) -> None:
         if self.crop_padding < 0:
-            _bad("augment.crop_padding", "must be >= 0", self.crop_padding)
+            _bad("crop_padding", "must be >= 0", self.crop_padding)
 
 
 @dataclass(frozen=True)
@@ -103,7 +205,7 @@ class UnlearnParams:
         _non_negative(self, "momentum", "weight_decay", "gamma", "clip_grad_norm")
         _in_closed(self, "clean_threshold", 0.0, 1.0)
         if any(m < 1 for m in self.milestones):
-            _bad("unlearn.milestones", "must be epochs >= 1", self.milestones)
+            _bad("milestones", "must be epochs >= 1", self.milestones)
 
 
 @dataclass(frozen=True)
@@ -202,7 +304,10 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
             values[name] = _coerce(key, hint, value)
     obj = cls(**values)
     if hasattr(obj, "check"):
-        obj.check()
+        try:
+            obj.check()
+        except _BadValue as e:
+            raise RnpError(f"{prefix}{e}") from None
     return obj
 
 
@@ -224,42 +329,39 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
     return float(value) if hint is float else value
 
 
+class _BadValue(Exception):
+    """A check failed; `_build` prefixes the section, so checks name keys relative to their own section."""
+
+
 def _bad(key: str, rule: str, value: Any) -> None:
-    raise RnpError(f"{key} {rule}, got {value!r}")
-
-
-def _section(obj: Any) -> str:
-    return {
-        DataParams: "data", AttackParams: "attack", AugmentParams: "augment", TrainParams: "train",
-        UnlearnParams: "unlearn", RecoverParams: "recover", PruneParams: "prune",
-    }[type(obj)]
+    raise _BadValue(f"{key} {rule}, got {value!r}")
 
 
 def _in_open(obj: Any, name: str, lo: float, hi: float) -> None:
     v = getattr(obj, name)
     if not lo < v < hi:
-        _bad(f"{_section(obj)}.{name}", f"must be in ({lo:g}, {hi:g})", v)
+        _bad(name, f"must be in ({lo:g}, {hi:g})", v)
 
 
 def _in_closed(obj: Any, name: str, lo: float, hi: float) -> None:
     v = getattr(obj, name)
     if not lo <= v <= hi:
-        _bad(f"{_section(obj)}.{name}", f"must be in [{lo:g}, {hi:g}]", v)
+        _bad(name, f"must be in [{lo:g}, {hi:g}]", v)
 
 
 def _positive(obj: Any, *names: str) -> None:
     for name in names:
         if getattr(obj, name) <= 0:
-            _bad(f"{_section(obj)}.{name}", "must be > 0", getattr(obj, name))
+            _bad(name, "must be > 0", getattr(obj, name))
 
 
 def _non_negative(obj: Any, *names: str) -> None:
     for name in names:
         if getattr(obj, name) < 0:
-            _bad(f"{_section(obj)}.{name}", "must be >= 0", getattr(obj, name))
+            _bad(name, "must be >= 0", getattr(obj, name))
 
 
 def _one_of(obj: Any, name: str, choices: tuple[str, ...]) -> None:
     v = getattr(obj, name)
     if v not in choices:
-        _bad(f"{_section(obj)}.{name}", f"must be one of {', '.join(choices)}", v)
+        _bad(name, f"must be one of {', '.join(choices)}", v)

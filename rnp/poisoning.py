@@ -6,28 +6,25 @@ from dataclasses import dataclass
 
 import torch
 
-from .attacks import attack_targets, get_attack
+from .attacks import AttackContext, attack_targets, get_attack
 from .config import AttackParams, DataParams
 from .data import Dataset, ImageSet
 from .errors import RnpError
 
-__all__ = ["PoisonedData", "poison", "split_test", "trigger_generator"]
+__all__ = ["PoisonedData", "poison", "split_test", "eligible_for_poison"]
 
 
 @dataclass(frozen=True)
 class PoisonedData:
     train: ImageSet  # training set with `rate` of it triggered and relabelled
-    poisoned: torch.Tensor  # (N_train,) bool: which training images were poisoned
+    poisoned: torch.Tensor  # (N_train,) bool: which training images carry the backdoor trigger
+    cover: torch.Tensor  # (N_train,) bool: images the attack changed but left at their true label
     test_clean: ImageSet
     test_poison: ImageSet  # triggered test images (non-target for all_to_one), labels = true classes
     test_targets: torch.Tensor  # the label the attacker wants for each test_poison image
+    test_source: torch.Tensor  # index into test_clean of each test_poison image
     defense: ImageSet  # clean, never poisoned: used by unlearn and recover
     holdout: ImageSet  # clean, disjoint from defense: used only to choose the pruning threshold
-
-
-def trigger_generator(seed: int) -> torch.Generator:
-    # The same stream for every call, so training and test images get the same trigger
-    return torch.Generator().manual_seed(seed + 1)
 
 
 def split_test(train: ImageSet, test_fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
@@ -47,33 +44,44 @@ def poison(ds: Dataset, data: DataParams, attack: AttackParams, seed: int) -> Po
     """
     if attack.target >= ds.num_classes:
         raise RnpError(f"attack.target {attack.target} must be < the {ds.num_classes} classes of {data.dataset}")
+    build = get_attack(attack.name, attack.mode)
     train, test = (ds.train, ds.test) if ds.test is not None else split_test(ds.train, data.test_fraction, seed)
-    apply = get_attack(attack.name)
+    trigger = build(AttackContext(attack, train, ds.num_classes, ds.mean, ds.std, seed))
     gen = torch.Generator().manual_seed(seed)
 
-    # 1) choose the images to poison: non-target-class images (all_to_one), any image (all_to_all)
-    eligible = torch.arange(len(train))
-    if attack.mode == "all_to_one":
-        eligible = eligible[train.labels != attack.target]
+    # 1) choose the images to poison
+    eligible = torch.arange(len(train))[eligible_for_poison(train.labels, attack, build.clean_label)]
     n_poison = int(round(attack.rate * len(train)))
     if n_poison > len(eligible):
-        raise RnpError(f"attack.rate {attack.rate} asks for {n_poison} poisoned images, only {len(eligible)} are eligible")
+        which = "target-class" if build.clean_label else "eligible"
+        raise RnpError(f"attack.rate {attack.rate} asks for {n_poison} poisoned images, only {len(eligible)} are {which} ({attack.name})")
     chosen = eligible[torch.randperm(len(eligible), generator=gen)[:n_poison]]
     poisoned = torch.zeros(len(train), dtype=torch.bool)
     poisoned[chosen] = True
 
-    # 2) stamp the trigger and relabel
+    # 2) stamp the trigger; relabel unless the attack is clean-label
     images, labels = train.images.clone(), train.labels.clone()
-    images[chosen] = apply(images[chosen], attack, trigger_generator(seed))
-    labels[chosen] = attack_targets(labels[chosen], attack.mode, attack.target, ds.num_classes)
+    images[chosen] = trigger.poison_train(images[chosen])
+    if not build.clean_label:
+        labels[chosen] = attack_targets(labels[chosen], attack.mode, attack.target, ds.num_classes)
 
-    # 3) the triggered test set: images whose true class is not already the target
+    # 3) cover images: changed by the attack, true label kept (noise / cross / cover modes)
+    cover = torch.zeros(len(train), dtype=torch.bool)
+    n_cover = min(int(round(trigger.cover_ratio * n_poison)), int((~poisoned).sum()))
+    if trigger.cover is not None and n_cover:
+        rest = torch.arange(len(train))[~poisoned]
+        covered = rest[torch.randperm(len(rest), generator=gen)[:n_cover]]
+        images[covered] = trigger.cover(images[covered])
+        cover[covered] = True
+
+    # 4) the triggered test set: images whose true class is not already the target
     keep = test.labels != attack.target if attack.mode == "all_to_one" else torch.ones(len(test), dtype=torch.bool)
-    test_poison = ImageSet(apply(test.images[keep], attack, trigger_generator(seed)), test.labels[keep])
+    source = torch.arange(len(test))[keep]
+    test_poison = ImageSet(trigger.test(test.images[source]), test.labels[source])
     test_targets = attack_targets(test_poison.labels, attack.mode, attack.target, ds.num_classes)
 
-    # 4) the defender's clean data: never-poisoned training images, own seed, split fit / holdout
-    pool = torch.arange(len(train))[~poisoned]
+    # 5) the defender's clean data: untouched training images, own seed, split fit / holdout
+    pool = torch.arange(len(train))[~(poisoned | cover)]
     size = int(data.defense_size) if data.defense_size >= 1 else int(round(data.defense_size * len(train)))
     if size > len(pool):
         raise RnpError(f"data.defense_size {size} is larger than the {len(pool)} clean training images")
@@ -84,7 +92,18 @@ def poison(ds: Dataset, data: DataParams, attack: AttackParams, seed: int) -> Po
     defense = train.subset(picked[n_holdout:].sort().values)
     holdout = train.subset(picked[:n_holdout].sort().values)
 
-    # 5) the holdout measures generalisation, so the backdoored model must never train on it
+    # 6) the holdout measures generalisation, so the backdoored model must never train on it
     keep = torch.ones(len(train), dtype=torch.bool)
     keep[picked[:n_holdout]] = False
-    return PoisonedData(ImageSet(images[keep], labels[keep]), poisoned[keep], test, test_poison, test_targets, defense, holdout)
+    return PoisonedData(
+        ImageSet(images[keep], labels[keep]), poisoned[keep], cover[keep], test, test_poison, test_targets, source, defense, holdout
+    )
+
+
+def eligible_for_poison(labels: torch.Tensor, attack: AttackParams, clean_label: bool) -> torch.Tensor:
+    """Bool mask: clean-label attacks poison target-class images; all_to_one any other class; all_to_all any image."""
+    if clean_label:
+        return labels == attack.target
+    if attack.mode == "all_to_one":
+        return labels != attack.target
+    return torch.ones_like(labels, dtype=torch.bool)

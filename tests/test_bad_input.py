@@ -18,7 +18,7 @@ BAD_PARAMS = [
     ("attack.rate", 1.5, "attack.rate must be in (0, 1)"),
     ("attack.rate", 0.0, "attack.rate must be in (0, 1)"),
     ("attack.target", 10, "attack.target 10 must be < the 10 classes"),
-    ("attack.size", 9, "attack.size 9 is larger than the 8x8 images"),
+    ("attack.badnets.size", 9, "attack.badnets.size 9 is larger than the 8x8 images"),
     ("attack.mode", "some_to_one", "attack.mode must be one of"),
     ("data.defense_size", 5000, "data.defense_size 5000 is larger than the"),
     ("unlearn.lr", -0.01, "unlearn.lr must be > 0"),
@@ -29,6 +29,10 @@ BAD_PARAMS = [
     ("train.epochs", 0, "train.epochs must be > 0"),
     ("prune.thresold", 0.2, "unknown key prune.thresold"),
     ("device", "tpu", "device must be auto, cpu"),
+    ("attack.sig.delta", -1, "attack.sig.delta must be > 0"),
+    ("attack.wanet.gird", 3, "unknown key attack.wanet.gird"),
+    ("attack.blend", 0.2, "attack.blend must be a mapping"),
+    ("data.image_size", 0, "data.image_size must be > 0"),
 ]
 
 
@@ -53,12 +57,19 @@ def test_bad_params_poison(tmp_path, capsys, key, value, message):
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_unknown_architecture_is_caught_before_training(tmp_path, capsys, default_run):
+@pytest.mark.parametrize("arch,message", [
+    ("resnet1000", "unknown architecture 'resnet1000' in model.arch (valid: "),
+    ("torchvision:resnet1000", "unknown torchvision classifier 'resnet1000' in model.arch"),
+    ("torchvision:vit_b_16", "model.arch torchvision:vit_b_16 cannot take 1x8x8 images (Wrong image height!"),
+    ("torchvision:squeezenet1_0", "model.arch torchvision:squeezenet1_0 cannot take 1x8x8 images"),
+])
+def test_bad_architecture_is_caught_before_training(tmp_path, capsys, default_run, arch, message):
     _, root, _ = default_run
     out = tmp_path / "train"
-    params = _params(tmp_path, "model.arch", "resnet1000")
+    params = _params(tmp_path, "model.arch", arch)
     assert main(["train", "--params", str(params), "--poison", str(root / "poison"), "--out", str(out)]) == 2
-    assert "unknown architecture 'resnet1000' in model.arch (valid: " in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
 
 

@@ -2,11 +2,9 @@ from __future__ import annotations
 
 import torch
 
-from ..config import AttackParams
-from ..errors import RnpError
-from . import ATTACKS
+from . import AttackContext, Trigger, check_fits, register_attack
 
-__all__ = ["badnets", "badnets_patch"]
+__all__ = ["badnets", "badnets_patch", "corner", "stamp_patch"]
 
 
 def badnets_patch(size: int, channels: int, pattern: str, gen: torch.Generator) -> torch.Tensor:
@@ -22,7 +20,8 @@ def badnets_patch(size: int, channels: int, pattern: str, gen: torch.Generator) 
     return checker.expand(channels, size, size).clone()
 
 
-def _corner(position: str, size: int, h: int, w: int) -> tuple[int, int]:
+def corner(position: str, size: int, h: int, w: int) -> tuple[int, int]:
+    """Top-left pixel of a size x size square at `position`."""
     return {
         "top_left": (0, 0),
         "top_right": (0, w - size),
@@ -32,14 +31,18 @@ def _corner(position: str, size: int, h: int, w: int) -> tuple[int, int]:
     }[position]
 
 
-@ATTACKS.register("badnets")
-def badnets(images: torch.Tensor, params: AttackParams, gen: torch.Generator) -> torch.Tensor:
-    """BadNets (Gu et al. 2017): a fixed square patch stamped on the image; size, position, pattern configurable."""
-    _, c, h, w = images.shape
-    if params.size > min(h, w):
-        raise RnpError(f"attack.size {params.size} is larger than the {h}x{w} images")
-    patch = badnets_patch(params.size, c, params.pattern, gen).to(images.device)
-    top, left = _corner(params.position, params.size, h, w)
+def stamp_patch(images: torch.Tensor, patch: torch.Tensor, position: str) -> torch.Tensor:
+    size = patch.shape[-1]
+    top, left = corner(position, size, *images.shape[-2:])
     out = images.clone()
-    out[:, :, top : top + params.size, left : left + params.size] = patch
+    out[:, :, top : top + size, left : left + size] = patch.to(images.device)
     return out
+
+
+@register_attack("badnets")
+def badnets(ctx: AttackContext) -> Trigger:
+    """BadNets (Gu et al. 2017): a fixed square patch stamped on the image; size, position, pattern configurable."""
+    p = ctx.params.badnets
+    check_fits("attack.badnets.size", p.size, ctx.image_shape)
+    patch = badnets_patch(p.size, ctx.image_shape[0], p.pattern, ctx.gen)
+    return Trigger(test=lambda images: stamp_patch(images, patch, p.position))

@@ -17,24 +17,25 @@ __all__ = ["run"]
 
 
 def run(cfg: Config, out: Path) -> dict:
-    ds = load_dataset(cfg.data.dataset, cfg.data.root)
+    ds = load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.image_size)
     pd = poison(ds, cfg.data, cfg.attack, cfg.seed)
     info = DataInfo(cfg.data.dataset, ds.num_classes, tuple(pd.train.images.shape[1:]), ds.mean, ds.std)
 
     n_show = min(8, len(pd.test_poison))
-    clean_examples = pd.test_clean.images[pd.test_clean.labels != cfg.attack.target][:n_show] if cfg.attack.mode == "all_to_one" else pd.test_clean.images[:n_show]
+    clean_examples = pd.test_clean.images[pd.test_source[:n_show]]
     labels = [f"{int(y)} -> {int(t)}" for y, t in zip(pd.test_poison.labels[:n_show], pd.test_targets[:n_show])]
     metrics = {
         "train": len(pd.train),
         "poisoned": int(pd.poisoned.sum()),
         "poison_rate": pd.poisoned.float().mean().item(),
+        "cover": int(pd.cover.sum()),
         "test_clean": len(pd.test_clean),
         "test_poison": len(pd.test_poison),
         "defense": len(pd.defense),
         "holdout": len(pd.holdout),
     }
     with StageWriter(out) as w:
-        w.write("train.safetensors", imageset_bytes(pd.train, info, poisoned=pd.poisoned.to(torch.uint8)))
+        w.write("train.safetensors", imageset_bytes(pd.train, info, poisoned=pd.poisoned.to(torch.uint8), cover=pd.cover.to(torch.uint8)))
         w.write("test_clean.safetensors", imageset_bytes(pd.test_clean, info))
         w.write("test_poison.safetensors", imageset_bytes(pd.test_poison, info, targets=pd.test_targets))
         w.write("defense.safetensors", imageset_bytes(pd.defense, info))
