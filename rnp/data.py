@@ -57,8 +57,8 @@ class Dataset:
 DATASETS: Registry = Registry("data set", "data.dataset")
 
 
-def load_dataset(name: str, root: str = "data/raw") -> Dataset:
-    return DATASETS.get(name)(root)
+def load_dataset(name: str, root: str = "data/raw", image_size: int = 32) -> Dataset:
+    return DATASETS.get(name)(root, image_size)
 
 
 def list_datasets() -> list[str]:
@@ -66,7 +66,7 @@ def list_datasets() -> list[str]:
 
 
 @DATASETS.register("digits")
-def digits(root: str) -> Dataset:
+def digits(root: str, image_size: int = 8) -> Dataset:
     """scikit-learn's bundled handwritten digits: 1,797 real 8x8 grey images, 10 classes, offline."""
     from sklearn.datasets import load_digits
 
@@ -85,7 +85,7 @@ def digits(root: str) -> Dataset:
 
 
 @DATASETS.register("digits32")
-def digits32(root: str) -> Dataset:
+def digits32(root: str, image_size: int = 32) -> Dataset:
     """digits upsampled to 32x32 RGB (bilinear, grey in 3 channels): CIFAR geometry, offline."""
     small = digits(root)
     up = F.interpolate(small.train.images.float(), size=(32, 32), mode="bilinear", align_corners=False)
@@ -145,3 +145,6 @@ class DeviceData:
             if gen is not None and flip:
                 x = random_flip(x, gen)
             yield self.normalise(x), self.labels[idx]
+
+
+from . import datasets  # noqa: E402,F401  (registers the downloadable data sets)

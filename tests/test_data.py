@@ -4,7 +4,15 @@ import torch
 from rnp.data import DeviceData, ImageSet, list_datasets, load_dataset, random_crop, random_flip
 
 
-@pytest.mark.parametrize("name", list_datasets())
+OFFLINE = ["digits", "digits32"]
+FORMAT_TESTED = ["mnist", "cifar10", "cifar100", "svhn", "gtsrb", "folder"]  # tests/test_datasets.py
+
+
+def test_every_dataset_is_offline_or_has_a_format_test():
+    assert sorted(OFFLINE + FORMAT_TESTED) == list_datasets()
+
+
+@pytest.mark.parametrize("name", OFFLINE)
 def test_every_dataset_loads_as_uint8_with_stats(name):
     ds = load_dataset(name)
     assert ds.train.images.dtype == torch.uint8 and ds.train.images.ndim == 4

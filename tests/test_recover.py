@@ -27,7 +27,10 @@ def test_masks_are_in_unit_interval_one_per_bn_channel(default_run):
     assert m["channels"] == flat.numel() and m["zero_masks"] == int((flat == 0).sum())
 
 
-@pytest.mark.parametrize("arch", list_models())
+TORCHVISION_ARCHS = ["torchvision:resnet18", "torchvision:mobilenet_v3_small"]
+
+
+@pytest.mark.parametrize("arch", list_models() + TORCHVISION_ARCHS)
 def test_masking_works_on_every_architecture(arch):
     torch.manual_seed(0)
     model = create_model(ModelSpec(arch, 10, (3, 32, 32), (0.5,) * 3, (0.25,) * 3)).eval()
@@ -55,3 +58,8 @@ def test_masks_attach_to_any_bn_model():
     model = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
     masks = attach_masks(model)
     assert list(masks) == ["1"] and masks["1"].shape == (8,)
+
+
+def test_torchvision_classifier_takes_grey_images_and_the_data_sets_classes():
+    model = create_model(ModelSpec("torchvision:resnet18", 7, (1, 8, 8), (0.5,), (0.25,))).eval()
+    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 7)

@@ -17,7 +17,7 @@ from ..errors import RnpError
 from ..io import load_tensors, tensors_bytes
 from ..registry import Registry
 
-__all__ = ["MODELS", "ModelSpec", "create_model", "list_models", "model_bytes", "load_model"]
+__all__ = ["MODELS", "ModelSpec", "create_model", "list_models", "model_bytes", "load_model", "load_state", "torchvision_classifier"]
 
 MODELS: Registry = Registry("architecture", "model.arch")
 
@@ -31,12 +31,66 @@ class ModelSpec:
     std: tuple[float, ...]
 
 
+TORCHVISION = "torchvision:"
+
+
 def create_model(spec: ModelSpec) -> nn.Module:
-    return MODELS.get(spec.arch)(num_classes=spec.num_classes, in_channels=spec.input_shape[0])
+    """Build `spec.arch` for the data set's classes and channels, and check it can take the data set's images."""
+    if spec.arch.startswith(TORCHVISION):
+        model = torchvision_classifier(spec.arch[len(TORCHVISION) :], spec.num_classes, spec.input_shape[0])
+    else:
+        model = MODELS.get(spec.arch)(num_classes=spec.num_classes, in_channels=spec.input_shape[0])
+    _check_input(model, spec)
+    return model
+
+
+def _check_input(model: nn.Module, spec: ModelSpec) -> None:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, *spec.input_shape))
+    except (RuntimeError, ValueError, AssertionError) as e:
+        shape = "x".join(map(str, spec.input_shape))
+        raise RnpError(f"model.arch {spec.arch} cannot take {shape} images ({str(e).splitlines()[0][:120]})") from None
+    finally:
+        model.train(was_training)
+    if out.shape != (1, spec.num_classes):
+        raise RnpError(f"model.arch {spec.arch} gives outputs of shape {tuple(out.shape)}, expected (1, {spec.num_classes})")
+
+
+class GreyToRGB(nn.Module):
+    """Feeds 1-channel images to a 3-channel network by repeating the channel."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x.expand(-1, 3, -1, -1))
+
+
+def torchvision_classifier(name: str, num_classes: int, in_channels: int) -> nn.Module:
+    import torchvision
+
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        raise RnpError(f"unknown torchvision classifier {name!r} in model.arch (see torchvision.models.list_models())")
+    if in_channels not in (1, 3):
+        raise RnpError(f"model.arch {TORCHVISION}{name} takes 1- or 3-channel images, the data set has {in_channels}")
+    extra = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
+    net = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **extra)
+    return GreyToRGB(net) if in_channels == 1 else net
+
+
+@MODELS.register(TORCHVISION + "<name>")
+def _torchvision_entry(num_classes: int, in_channels: int) -> nn.Module:
+    """Any torchvision classifier by name, e.g. torchvision:resnet50 (random init, classes from the data set)."""
+    raise RnpError("model.arch torchvision:<name> needs a real name, e.g. torchvision:resnet50")
 
 
 def list_models() -> list[str]:
-    return MODELS.names()
+    """The registered architectures (torchvision:<name> is open-ended and not listed)."""
+    return [n for n in MODELS.names() if not n.startswith(TORCHVISION)]
 
 
 def model_bytes(model: nn.Module, spec: ModelSpec, extra: dict | None = None) -> bytes:

@@ -1,0 +1,238 @@
+"""Downloadable data sets, read into uint8 tensors once (torchvision formats, read without unpickling code).
+
+Real users get each data set downloaded to `data.root` on first use (with the
+publisher's checksum). The readers take the files in their published on-disk
+formats; the tests write small files in those formats, so nothing downloads
+in tests. CIFAR's python batches are pickles: they are read with an unpickler
+that only knows dicts, lists, bytes and NumPy arrays, so a tampered file
+cannot run code.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import DATASETS, Dataset, ImageSet
+from .errors import RnpError
+
+__all__ = ["channel_stats", "from_numpy_hwc", "read_cifar_batch", "resize"]
+
+CIFAR = {
+    "cifar10": ("cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a",
+                [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels", 10),
+    "cifar100": ("cifar-100-python", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85",
+                 ["train"], ["test"], b"fine_labels", 100),
+}
+SVHN_URL = "http://ufldl.stanford.edu/housenumbers/{split}_32x32.mat"
+SVHN_MD5 = {"train": "e26dedcc434d2e4c54c9b2d4a06d8373", "test": "eb5a983be6a315427106f1b164d9cef3"}
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images scaled to [0, 1], rounded to 4 digits."""
+    x = images.transpose(0, 1).flatten(1).double() / 255.0
+    return tuple(round(v, 4) for v in x.mean(1).tolist()), tuple(round(max(v, 1e-4), 4) for v in x.std(1).tolist())
+
+
+def _dataset(train: ImageSet, test: ImageSet | None, num_classes: int) -> Dataset:
+    mean, std = channel_stats(train.images)
+    return Dataset(train, test, num_classes, mean, std)
+
+
+def from_numpy_hwc(images: np.ndarray, labels) -> ImageSet:
+    """(N, H, W, C) or (N, H, W) uint8 array -> ImageSet."""
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
+    x = x.unsqueeze(-1) if x.ndim == 3 else x
+    return ImageSet(x.permute(0, 3, 1, 2).contiguous(), torch.as_tensor(np.asarray(labels), dtype=torch.long).flatten())
+
+
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    if images.shape[-2:] == (size, size):
+        return images
+    out = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
+def _fetch(name: str, root: Path, fetch) -> None:
+    """Download on first use; a failure is one clear line."""
+    try:
+        fetch()
+    except Exception as e:  # noqa: BLE001  (network, checksum, disk: all mean "could not get the data")
+        raise RnpError(f"data.dataset {name}: files not found under {root} and download failed ({type(e).__name__}: {e})") from None
+
+
+@DATASETS.register("mnist")
+def mnist(root: str, image_size: int = 32) -> Dataset:
+    """MNIST (torchvision): 60k/10k handwritten digits, 28x28 grey, 10 classes."""
+    from torchvision.datasets import MNIST
+
+    def load(train: bool) -> ImageSet:
+        try:
+            ds = MNIST(root, train=train, download=False)
+        except RuntimeError:
+            _fetch("mnist", Path(root), lambda: MNIST(root, train=train, download=True))
+            ds = MNIST(root, train=train, download=False)
+        return ImageSet(ds.data.unsqueeze(1).to(torch.uint8), ds.targets.long())
+
+    return _dataset(load(True), load(False), 10)
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Rebuilds dicts, lists, bytes and NumPy arrays; any other global is refused, so no code runs."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, list[int]]:
+    """One CIFAR python batch: (N, 3072) uint8 rows (RGB planes) and labels."""
+    try:
+        with open(path, "rb") as f:
+            batch = _ArrayUnpickler(f, encoding="bytes").load()
+        data, labels = np.asarray(batch[b"data"], dtype=np.uint8), list(batch[label_key])
+    except FileNotFoundError:
+        raise RnpError(f"missing CIFAR batch {path}") from None
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise RnpError(f"{path} is not a CIFAR python batch ({e})") from None
+    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != data.shape[0]:
+        raise RnpError(f"{path}: expected (N, 3072) data and N labels, got {data.shape} and {len(labels)}")
+    return data, labels
+
+
+def _cifar(name: str, root: str) -> Dataset:
+    folder, url, md5, train_files, test_files, label_key, classes = CIFAR[name]
+    base = Path(root) / folder
+    if not base.is_dir():
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        _fetch(name, Path(root), lambda: download_and_extract_archive(url, root, md5=md5))
+
+    def load(files: list[str]) -> ImageSet:
+        parts = [read_cifar_batch(base / f, label_key) for f in files]
+        data = np.concatenate([d for d, _ in parts]).reshape(-1, 3, 32, 32)
+        return ImageSet(torch.from_numpy(data), torch.tensor([y for _, ys in parts for y in ys], dtype=torch.long))
+
+    return _dataset(load(train_files), load(test_files), classes)
+
+
+@DATASETS.register("cifar10")
+def cifar10(root: str, image_size: int = 32) -> Dataset:
+    """CIFAR-10: 50k/10k 32x32 colour images, 10 classes (the RNP paper's main benchmark)."""
+    return _cifar("cifar10", root)
+
+
+@DATASETS.register("cifar100")
+def cifar100(root: str, image_size: int = 32) -> Dataset:
+    """CIFAR-100: 50k/10k 32x32 colour images, 100 fine classes."""
+    return _cifar("cifar100", root)
+
+
+@DATASETS.register("svhn")
+def svhn(root: str, image_size: int = 32) -> Dataset:
+    """SVHN: 73k/26k 32x32 house-number digits (the .mat files; label 10 means digit 0)."""
+    from scipy.io import loadmat
+    from torchvision.datasets.utils import download_url
+
+    base = Path(root) / "svhn"
+
+    def load(split: str) -> ImageSet:
+        path = base / f"{split}_32x32.mat"
+        if not path.is_file():
+            _fetch("svhn", base, lambda: download_url(SVHN_URL.format(split=split), str(base), md5=SVHN_MD5[split]))
+        try:
+            mat = loadmat(path)
+            x, y = mat["X"], mat["y"].astype(np.int64).flatten()
+        except (KeyError, ValueError, OSError, TypeError) as e:
+            raise RnpError(f"{path} is not an SVHN .mat file ({e})") from None
+        if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != len(y):
+            raise RnpError(f"{path}: expected X of shape (32, 32, 3, N) and N labels, got {x.shape} and {len(y)}")
+        return from_numpy_hwc(x.transpose(3, 0, 1, 2), y % 10)
+
+    return _dataset(load("train"), load("test"), 10)
+
+
+def _load_images(samples: list[tuple[str, int]], image_size: int, what: str) -> ImageSet:
+    from PIL import Image, UnidentifiedImageError
+
+    images = []
+    for path, _ in samples:
+        try:
+            with Image.open(path) as img:
+                images.append(np.asarray(img.convert("RGB").resize((image_size, image_size), Image.BILINEAR)))
+        except (UnidentifiedImageError, OSError) as e:
+            raise RnpError(f"{what}: cannot read image {path} ({e})") from None
+    return from_numpy_hwc(np.stack(images), [y for _, y in samples])
+
+
+@DATASETS.register("gtsrb")
+def gtsrb(root: str, image_size: int = 32) -> Dataset:
+    """GTSRB: German traffic signs (torchvision's layout), 43 classes, resized to data.image_size (32)."""
+    import csv
+
+    base = Path(root) / "gtsrb"
+
+    def samples(split: str) -> list[tuple[str, int]]:
+        if split == "train":  # GTSRB/Training/<class, 5 digits>/*.ppm
+            return [(str(p), int(p.parent.name)) for p in sorted((base / "GTSRB" / "Training").glob("*/*.ppm"))]
+        images = base / "GTSRB" / "Final_Test" / "Images"
+        with open(base / "GT-final_test.csv", newline="") as f:
+            return [(str(images / r["Filename"]), int(r["ClassId"])) for r in csv.DictReader(f, delimiter=";", skipinitialspace=True)]
+
+    def load(split: str) -> ImageSet:
+        folder = base / "GTSRB" / ("Training" if split == "train" else "Final_Test/Images")
+        if not folder.is_dir():
+            from torchvision.datasets import GTSRB
+
+            _fetch("gtsrb", base, lambda: GTSRB(root, split=split, download=True))
+        try:
+            found = samples(split)
+        except (OSError, KeyError, ValueError) as e:
+            raise RnpError(f"data.dataset gtsrb: cannot read the {split} split under {base} ({e})") from None
+        if not found:
+            raise RnpError(f"data.dataset gtsrb: no {split} images under {folder}")
+        return _load_images(found, image_size, "gtsrb")
+
+    return _dataset(load("train"), load("test"), 43)
+
+
+@DATASETS.register("folder")
+def folder(root: str, image_size: int = 32) -> Dataset:
+    """Any ImageFolder tree at data.root (class per subfolder; optional train/ and test/), resized to data.image_size."""
+    from torchvision.datasets.folder import find_classes, make_dataset
+
+    base = Path(root)
+    if not base.is_dir():
+        raise RnpError(f"data.root {root} is not a folder (data.dataset folder needs an ImageFolder tree)")
+    split_dirs = base / "train", base / "test"
+    top = split_dirs[0] if split_dirs[0].is_dir() else base
+    try:
+        classes, index = find_classes(str(top))
+    except FileNotFoundError:
+        classes, index = [], {}
+    if len(classes) < 2:
+        raise RnpError(f"data.root {top} has {len(classes)} class folder(s); a classifier needs at least 2")
+
+    def load(where: Path) -> ImageSet:
+        try:
+            samples = make_dataset(str(where), index, extensions=IMAGE_EXTENSIONS, allow_empty=True)
+        except FileNotFoundError as e:
+            raise RnpError(f"data.root {where}: {e}") from None
+        if not samples:
+            raise RnpError(f"data.root {where} has no images ({', '.join(IMAGE_EXTENSIONS)})")
+        return _load_images(samples, image_size, "folder")
+
+    test = load(split_dirs[1]) if top is split_dirs[0] and split_dirs[1].is_dir() else None
+    return _dataset(load(top), test, len(classes))
