@@ -8,6 +8,7 @@ poison stage, which knows it.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import yaml
 
 from .errors import RnpError
 
-__all__ = ["Config", "load_config", "config_from_dict"]
+__all__ = ["Config", "load_config", "config_from_dict", "with_overrides"]
 
 POSITIONS = ("bottom_right", "bottom_left", "top_right", "top_left", "center")
 
@@ -275,6 +276,20 @@ def load_config(path: str | Path = "params.yaml") -> Config:
     except yaml.YAMLError as e:
         raise RnpError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
     return config_from_dict(raw or {}, source=str(path))
+
+
+def with_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
+    """A copy of raw params with dotted-key overrides applied: {"train.epochs": 2} (`dvc exp run -S` style)."""
+    out = copy.deepcopy(raw)
+    for key, value in overrides.items():
+        *sections, leaf = key.split(".")
+        node = out
+        for s in sections:
+            node = node.setdefault(s, {})
+            if not isinstance(node, dict):
+                raise RnpError(f"cannot set {key}: {s} is not a section")
+        node[leaf] = value
+    return out
 
 
 def config_from_dict(raw: Any, source: str = "params") -> Config:

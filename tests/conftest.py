@@ -7,8 +7,8 @@ import pytest
 import torch
 import yaml
 
-from rnp.config import config_from_dict
-from rnp.stages import poison, prune, recover, train, unlearn
+from rnp.config import config_from_dict, with_overrides
+from rnp.stages import run_all
 
 ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)  # pytest -n 2 on two cores: one thread per worker
@@ -21,25 +21,7 @@ def default_params() -> dict:
 
 def make_config(**overrides):
     """The default params with dotted overrides: make_config(**{"train.epochs": 2})."""
-    raw = default_params()
-    for key, value in overrides.items():
-        *sections, leaf = key.split(".")
-        node = raw
-        for s in sections:
-            node = node[s]
-        node[leaf] = value
-    return config_from_dict(raw)
-
-
-def run_pipeline(cfg, root: Path) -> dict:
-    d = {s: root / s for s in ("poison", "train", "unlearn", "recover", "prune")}
-    return {
-        "poison": poison.run(cfg, d["poison"]),
-        "train": train.run(cfg, d["poison"], d["train"]),
-        "unlearn": unlearn.run(cfg, d["poison"], d["train"], d["unlearn"]),
-        "recover": recover.run(cfg, d["poison"], d["unlearn"], d["recover"]),
-        "prune": prune.run(cfg, d["poison"], d["train"], d["recover"], d["prune"]),
-    }
+    return config_from_dict(with_overrides(default_params(), overrides))
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +29,7 @@ def default_run(tmp_path_factory):
     """The default pipeline (params.yaml), run once in-process and shared by the stage tests."""
     root = tmp_path_factory.mktemp("default")
     cfg = make_config()
-    return cfg, root, run_pipeline(cfg, root)
+    return cfg, root, run_all(cfg, root)
 
 
 @pytest.fixture
