@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-__all__ = ["trigger_png", "masks_png", "curve_png"]
+__all__ = ["trigger_png", "masks_png", "curve_png", "bars_png"]
 
 
 def _png(fig) -> bytes:
@@ -73,4 +73,18 @@ def curve_png(rows: list[dict], x: str, selected: int, oracle: int) -> bytes:
     ax.set_ylim(-2, 102)
     ax.legend(fontsize=7, loc="center left")
     ax.set_title("RNP pruning sweep", fontsize=9)
+    return _png(fig)
+
+
+def bars_png(groups: list[str], series: dict[str, list[float]], title: str) -> bytes:
+    """Grouped bars: one group per name, one bar per series."""
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(groups) + 2), 3.6))
+    width = 0.8 / len(series)
+    colours = ["tab:blue", "tab:cyan", "tab:red", "tab:orange", "tab:green", "tab:grey"]
+    for i, (label, values) in enumerate(series.items()):
+        ax.bar([g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))], values, width, label=label, color=colours[i % 6])
+    ax.set_xticks(range(len(groups)), groups, rotation=30, fontsize=8)
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=7, ncols=len(series))
+    ax.set_title(title, fontsize=9)
     return _png(fig)

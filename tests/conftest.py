@@ -42,7 +42,8 @@ def copy_project(dest: Path) -> Path:
     dest.mkdir(parents=True)
     for name in ("params.yaml", "dvc.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, dest / name)
-    shutil.copytree(ROOT / "rnp", dest / "rnp", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("rnp", "workflow"):
+        shutil.copytree(ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
     (dest / ".dvc").mkdir()
     shutil.copy(ROOT / ".dvc" / "config", dest / ".dvc" / "config")
     return dest

@@ -1,0 +1,166 @@
+"""The Snakemake grid's logic, as plain functions the Snakefile calls and tests can check.
+
+A grid config names data sets x attacks x architectures x seeds x defense
+settings. Every cell's params are params.yaml plus dotted overrides, written
+per level of the directory tree, so that upstream outputs are shared:
+
+    results/<dataset>/<attack>/seed<seed>/poison/                    one per data set, attack and seed
+    results/<dataset>/<attack>/seed<seed>/<arch>/train/              ... and architecture
+    results/<dataset>/<attack>/seed<seed>/<arch>/<defense>/{unlearn,recover,prune}/
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import config_from_dict, with_overrides
+from .errors import RnpError
+
+__all__ = ["Cell", "cells", "check_grid", "level_params", "arch_slug", "summary_rows", "summary_markdown", "summary_png"]
+
+STAGE_TIMES = ("poison", "train", "unlearn", "recover", "prune")
+
+
+def arch_slug(arch: str) -> str:
+    """A path-safe name: torchvision:resnet50 -> torchvision-resnet50."""
+    return arch.replace(":", "-")
+
+
+@dataclass(frozen=True)
+class Cell:
+    dataset: str
+    attack: str
+    seed: int
+    arch: str
+    defense: str
+
+    @property
+    def poison_dir(self) -> str:
+        return f"{self.dataset}/{self.attack}/seed{self.seed}"
+
+    @property
+    def train_dir(self) -> str:
+        return f"{self.poison_dir}/{arch_slug(self.arch)}"
+
+    @property
+    def defense_dir(self) -> str:
+        return f"{self.train_dir}/{self.defense}"
+
+
+def cells(config: dict) -> list[Cell]:
+    return [Cell(d, a, s, m, name) for d, a, s, m, name in itertools.product(
+        config["datasets"], config["attacks"], config["seeds"], config["archs"], config["defenses"])]
+
+
+def check_grid(config: dict) -> list[Cell]:
+    """Everything a job would trip over, before any job runs: names, duplicates, every cell's params."""
+    from .attacks import ATTACKS
+    from .data import DATASETS
+    from .models import MODELS, TORCHVISION
+
+    for key, registry in (("datasets", DATASETS), ("attacks", ATTACKS)):
+        for name in config[key]:
+            registry.get(name)
+    for arch in config["archs"]:
+        if not arch.startswith(TORCHVISION):
+            MODELS.get(arch)
+    for key in ("datasets", "attacks", "archs", "seeds"):
+        seen = [arch_slug(str(v)) for v in config[key]]
+        dup = next((v for v in seen if seen.count(v) > 1), None)
+        if dup is not None:
+            raise RnpError(f"{key} lists {dup} twice (every cell must be unique)")
+    grid = cells(config)
+    if not grid:
+        raise RnpError("the grid is empty")
+    base = yaml.safe_load(Path(config["params"]).read_text())
+    for cell in grid:
+        config_from_dict(level_params(base, config, cell, "defense"), source=f"grid cell {cell.defense_dir}")
+    return grid
+
+
+def level_params(base: dict, config: dict, cell: Cell, level: str) -> dict:
+    """Params for one level (poison, train or defense) of a cell: base + fixed + per-name overrides + the cell's keys."""
+    overrides: dict[str, Any] = dict(config.get("fixed", {}))
+    overrides.update(config.get("dataset_overrides", {}).get(cell.dataset, {}))
+    overrides.update(config.get("attack_overrides", {}).get(cell.attack, {}))
+    overrides.update({"data.dataset": cell.dataset, "attack.name": cell.attack, "seed": cell.seed})
+    if level in ("train", "defense"):
+        overrides.update(config.get("arch_overrides", {}).get(cell.arch, {}))
+        overrides["model.arch"] = cell.arch
+    if level == "defense":
+        overrides.update(config["defenses"][cell.defense] or {})
+    return with_overrides(base, overrides)
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def _seconds(benchmark_tsv: Path) -> float:
+    with open(benchmark_tsv) as f:
+        return round(float(next(csv.DictReader(f, delimiter="\t"))["s"]), 2)
+
+
+def summary_rows(results: Path, grid: list[Cell], benchmarks: Path) -> list[dict]:
+    """One row per cell: CA/ASR/RA before and after, thresholds, DER, stage seconds."""
+    rows = []
+    for c in grid:
+        p = _read_json(results / c.defense_dir / "prune" / "metrics.json")
+        u = _read_json(results / c.defense_dir / "unlearn" / "metrics.json")
+        row = {
+            "dataset": c.dataset, "attack": c.attack, "arch": c.arch, "seed": c.seed, "defense": c.defense,
+            "ca_before": p["ca_before"], "asr_before": p["asr_before"], "ra_before": p["ra_before"],
+            "ca_after": p["ca"], "asr_after": p["asr"], "ra_after": p["ra"], "der": p["der"],
+            "threshold": p["threshold"], "pruned": p["pruned"],
+            "oracle_threshold": p["oracle_threshold"], "oracle_ca": p["oracle_ca"], "oracle_asr": p["oracle_asr"],
+            "unlearn_epochs": u["epochs"],
+        }
+        dirs = {"poison": c.poison_dir, "train": c.train_dir}
+        for stage in STAGE_TIMES:
+            row[f"{stage}_s"] = _seconds(benchmarks / dirs.get(stage, c.defense_dir) / f"{stage}.tsv")
+        rows.append(row)
+    return rows
+
+
+def summary_csv(rows: list[dict]) -> bytes:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue().encode()
+
+
+def summary_markdown(rows: list[dict]) -> str:
+    """The paper-style table: before / after RNP per cell, percentages."""
+    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    lines = [
+        "| data set | attack | arch | seed | defense | CA before | ASR before | CA after | ASR after | RA after | t | oracle t | DER | defense s |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        defense_s = r["unlearn_s"] + r["recover_s"] + r["prune_s"]
+        lines.append(
+            f"| {r['dataset']} | {r['attack']} | {r['arch']} | {r['seed']} | {r['defense']} | {pct(r['ca_before'])} | "
+            f"{pct(r['asr_before'])} | {pct(r['ca_after'])} | {pct(r['asr_after'])} | {pct(r['ra_after'])} | "
+            f"{r['threshold']:.2f} | {r['oracle_threshold']:.2f} | {r['der']:.3f} | {defense_s:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def summary_png(rows: list[dict]) -> bytes:
+    """ASR and CA before and after RNP, averaged per attack (over data sets, archs, seeds, defenses)."""
+    from .plots import bars_png
+
+    attacks = sorted({r["attack"] for r in rows})
+    mean = lambda key, a: 100 * sum(r[key] for r in rows if r["attack"] == a) / sum(r["attack"] == a for r in rows)  # noqa: E731
+    series = {label: [mean(key, a) for a in attacks] for label, key in
+              (("CA before", "ca_before"), ("CA after", "ca_after"), ("ASR before", "asr_before"), ("ASR after", "asr_after"))}
+    return bars_png(attacks, series, "RNP per attack: clean accuracy and attack success, before and after (%)")
