@@ -75,11 +75,13 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_readme(table: str, readme: Path) -> None:
+def write_readme(table: str, readme: Path, marker: str = "effectiveness") -> None:
+    """Replace the text between <!-- marker:start --> and <!-- marker:end --> in the README."""
     text = readme.read_text()
-    new, n = re.subn(r"(<!-- effectiveness:start -->\n).*?(<!-- effectiveness:end -->)", lambda m: m[1] + table + "\n" + m[2], text, flags=re.S)
+    pattern = rf"(<!-- {marker}:start -->\n).*?(<!-- {marker}:end -->)"
+    new, n = re.subn(pattern, lambda m: m[1] + table + "\n" + m[2], text, flags=re.S)
     if n != 1:
-        raise SystemExit(f"{readme} has no <!-- effectiveness:start/end --> markers")
+        raise SystemExit(f"{readme} has no <!-- {marker}:start/end --> markers")
     readme.write_text(new)
 
 

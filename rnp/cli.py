@@ -29,6 +29,18 @@ def _parser() -> argparse.ArgumentParser:
     stage("recover", "recover: learn BN channel masks on the unlearned model", "poison", "unlearn")
     stage("prune", "prune the original model by mask value, choose a point, export", "poison", "train", "recover")
     sub.add_parser("list", help="list data sets, attacks and architectures")
+    d = sub.add_parser("defend", help="purify a model someone else trained, with a little clean data")
+    d.add_argument("--model", type=Path, required=True, help="weights: .safetensors, or a PyTorch state dict (loaded weights_only)")
+    d.add_argument("--arch", required=True, help="architecture name (rnp list), or torchvision:<name>")
+    d.add_argument("--data", required=True, help="a registered data set name, or a folder of labelled clean images (one subfolder per class)")
+    d.add_argument("--out", type=Path, required=True, help="purified model, .safetensors; masks, curve and report are written beside it")
+    d.add_argument("--params", type=Path, default=None, help="unlearn/recover/prune settings (default: built-in defaults)")
+    d.add_argument("--defense-size", type=int, default=500, help="clean images to draw from a registered data set (default 500)")
+    d.add_argument("--image-size", type=int, default=32, help="folder data: resize images to this side (default 32)")
+    d.add_argument("--mean", help="normalisation the model was trained with, e.g. 0.4914,0.4822,0.4465 (default: the data's own)")
+    d.add_argument("--std", help="e.g. 0.247,0.243,0.261 (default: the data's own)")
+    d.add_argument("--mask-on", choices=["auto", "bn", "norm", "conv"], default="auto", help="what to mask: BN (default when present), any norm layer, conv channels")
+    d.add_argument("--force", action="store_true", help="prune even when no backdoor is detected")
     return ap
 
 
@@ -42,6 +54,13 @@ def _run(args: argparse.Namespace) -> None:
             print(f"{registry.kind}s ({registry.key}):")
             for name, line in registry.describe().items():
                 print(f"  {name:<18} {line}")
+        return
+    if args.command == "defend":
+        from .config import Config
+        from .stages import defend
+
+        cfg = load_config(args.params) if args.params else Config()
+        defend.run(cfg, args.model, args.arch, args.data, args.out, args.defense_size, args.image_size, args.mean, args.std, args.mask_on, args.force)
         return
     cfg = load_config(args.params)
     from .stages import poison, prune, recover, train, unlearn

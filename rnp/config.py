@@ -216,10 +216,12 @@ class RecoverParams:
     alpha: float = 0.2  # loss = alpha * CE
     epochs: int = 20
     batch_size: int = 128
+    mask_on: str = "bn"  # bn (as published) | norm (any norm layer's weight) | conv (conv output channels) | auto
 
     def check(self) -> None:
         _positive(self, "lr", "alpha", "epochs", "batch_size")
         _non_negative(self, "momentum")
+        _one_of(self, "mask_on", ("auto", "bn", "norm", "conv"))
 
 
 @dataclass(frozen=True)

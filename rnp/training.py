@@ -8,10 +8,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .config import AugmentParams
+from .config import AugmentParams, TrainParams
 from .data import DeviceData
 
-__all__ = ["EpochStats", "run_epoch", "seeded_generator"]
+__all__ = ["EpochStats", "run_epoch", "seeded_generator", "fit"]
 
 
 @dataclass(frozen=True)
@@ -58,3 +58,22 @@ def run_epoch(
         correct += (logits.argmax(1) == y).sum()
     n = len(data)
     return EpochStats(loss=total_loss.item() / n, acc=correct.item() / n)
+
+
+def fit(
+    model: nn.Module,
+    data: DeviceData,
+    p: TrainParams,
+    augment: AugmentParams,
+    gen: torch.Generator,
+    on_epoch: Callable[[int, EpochStats], None] | None = None,
+) -> nn.Module:
+    """Plain supervised training: SGD with Nesterov momentum and a cosine schedule over p.epochs."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay, nesterov=True)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=p.epochs)
+    for epoch in range(1, p.epochs + 1):
+        stats = run_epoch(model, data, optimizer, p.batch_size, gen, augment)
+        scheduler.step()
+        if on_epoch is not None:
+            on_epoch(epoch, stats)
+    return model

@@ -7,7 +7,7 @@ from rnp.config import PruneParams
 from rnp.defense import PrunePoint, bn_layers, oracle_point, pruning_sets, select_auto
 from rnp.io import load_tensors
 from rnp.models import load_model
-from rnp.stages.prune import sweep_points
+from rnp.defense import sweep_points
 
 
 def test_default_run_really_defends(default_run):

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..config import AttackParams, AugmentParams
+from ..config import AttackParams, AugmentParams, TrainParams
 from ..data import DeviceData, ImageSet
 from ..errors import RnpError
 from ..registry import Registry
@@ -79,18 +79,12 @@ class AttackContext:
     def surrogate(self) -> nn.Module:
         """A clean model of `attack.surrogate_arch`, trained by the attacker (trojan, lc)."""
         from ..models import ModelSpec, create_model
-        from ..training import run_epoch
+        from ..training import fit
 
         torch.manual_seed(self.seed + 2)
         spec = ModelSpec(self.params.surrogate_arch, self.num_classes, self.image_shape, self.mean, self.std)
         model = create_model(spec)
-        epochs = self.params.surrogate_epochs
-        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-        data, gen = self.device_data(), torch.Generator().manual_seed(self.seed + 3)
-        for _ in range(epochs):
-            run_epoch(model, data, opt, 64, gen, AugmentParams())
-            sched.step()
+        fit(model, self.device_data(), TrainParams(epochs=self.params.surrogate_epochs), AugmentParams(), torch.Generator().manual_seed(self.seed + 3))
         return model.eval()
 
 

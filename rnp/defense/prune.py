@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 
-from .recover import bn_layers
+from ..config import PruneParams
+from .recover import channel_view
 
-__all__ = ["PrunePoint", "pruning_sets", "apply_pruning", "select_auto", "oracle_point"]
+__all__ = ["PrunePoint", "pruning_sets", "apply_pruning", "sweep_curve", "sweep_points", "select_auto", "oracle_point"]
 
 
 @dataclass(frozen=True)
@@ -42,14 +44,52 @@ def pruning_sets(masks: dict[str, torch.Tensor], sweep: str, points: list[float]
 
 
 @torch.no_grad()
-def apply_pruning(model: nn.Module, original: dict[str, torch.Tensor], chosen: dict[str, torch.Tensor]) -> None:
-    """Set every BN weight to its original value with the chosen channels zeroed (bias kept).
+def apply_pruning(layers: dict[str, nn.Module], original: dict[str, torch.Tensor], chosen: dict[str, torch.Tensor]) -> None:
+    """Set every masked layer's weight to its original value with the chosen channels zeroed (bias kept).
 
-    `original` holds the unpruned BN weights, so one model copy serves the whole sweep.
+    `original` holds the unpruned weights, so one model copy serves the whole sweep.
     """
-    layers = bn_layers(model)
     for name, prune in chosen.items():
-        layers[name].weight.copy_(original[name].masked_fill(prune.to(original[name].device), 0.0))
+        w = original[name]
+        layers[name].weight.copy_(w.masked_fill(channel_view(prune.to(w.device), w), 0.0))
+
+
+def sweep_points(p: PruneParams, total_channels: int) -> list[float]:
+    """The sweep grid; a fixed choice is added to it so that it is evaluated too."""
+    if p.sweep == "threshold":
+        points = {round(i * p.step, 6) for i in range(int(round(p.max_threshold / p.step)) + 1)}
+        points |= {p.threshold} if p.select == "fixed" else set()
+    else:
+        points = set(range(0, min(p.max_number, total_channels) + 1, p.number_step))
+        points |= {min(p.number, total_channels)} if p.select == "fixed" else set()
+    return sorted(points)
+
+
+def sweep_curve(
+    layers: dict[str, nn.Module],
+    masks: dict[str, torch.Tensor],
+    sweep: str,
+    points: list[float],
+    measure: Callable[[], dict],
+    progress: Callable = lambda it: it,
+) -> list[dict]:
+    """Prune at every point in place on one model, call `measure()`, restore; rows in sweep order.
+
+    Each row: point, threshold (sweep=number: the largest pruned mask value), pruned, **measure().
+    Consecutive points that prune the same channels reuse the previous measurement.
+    """
+    original = {name: layer.weight.detach().clone() for name, layer in layers.items()}
+    rows, last_key, last = [], None, None
+    for point, chosen in progress(list(zip(points, pruning_sets(masks, sweep, points)))):
+        values = torch.cat([masks[n][c.to(masks[n].device)] for n, c in chosen.items()])
+        key = tuple(torch.cat(list(chosen.values())).nonzero().flatten().tolist())
+        if key != last_key:
+            apply_pruning(layers, original, chosen)
+            last, last_key = measure(), key
+        threshold = point if sweep == "threshold" else (values.max().item() if values.numel() else 0.0)
+        rows.append({"point": point, "threshold": threshold, "pruned": int(values.numel()), **last})
+    apply_pruning(layers, original, {n: torch.zeros_like(m, dtype=torch.bool) for n, m in masks.items()})
+    return rows
 
 
 def select_auto(holdout_acc: list[float], base_acc: float, max_clean_drop: float) -> int:

@@ -11,18 +11,26 @@ from ..config import AugmentParams, RecoverParams
 from ..data import DeviceData
 from ..training import EpochStats, run_epoch
 
-__all__ = ["ChannelMask", "bn_layers", "attach_masks", "recover"]
+__all__ = ["ChannelMask", "MASK_ON", "bn_layers", "mask_layers", "channel_view", "attach_masks", "recover"]
+
+MASK_ON = ("auto", "bn", "norm", "conv")
+NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def channel_view(mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """A (C,) per-channel vector shaped to broadcast over a weight whose first dim is the channel."""
+    return mask.view(-1, *([1] * (weight.dim() - 1)))
 
 
 class ChannelMask(nn.Module):
-    """Parametrization: BN weight -> weight * mask, one learnable mask value per channel."""
+    """Parametrization: weight -> weight * mask, one learnable mask value per output channel."""
 
     def __init__(self, num_channels: int):
         super().__init__()
         self.mask = nn.Parameter(torch.ones(num_channels))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight * self.mask
+        return weight * channel_view(self.mask, weight)
 
 
 def bn_layers(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
@@ -34,12 +42,33 @@ def bn_layers(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
     }
 
 
-def attach_masks(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Parametrize every BN weight with an all-ones ChannelMask; works on any architecture."""
+def mask_layers(model: nn.Module, on: str = "bn") -> dict[str, nn.Module]:
+    """The layers whose weight gets one mask per output channel, by module name, in model order.
+
+    bn: affine BatchNorm (RNP as published); norm: the affine weight of any normalisation
+    layer (BatchNorm, GroupNorm, LayerNorm); conv: the output channels of every convolution,
+    for models without normalisation; auto: bn if there is any, else norm, else conv.
+    """
+    if on == "auto":
+        for kind in ("bn", "norm", "conv"):
+            if layers := mask_layers(model, kind):
+                return layers
+        return {}
+    if on == "bn":
+        return bn_layers(model)
+    if on == "norm":
+        return {n: m for n, m in model.named_modules() if isinstance(m, NORMS) and getattr(m, "weight", None) is not None}
+    if on == "conv":
+        return {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)}
+    raise ValueError(f"mask_on must be one of {', '.join(MASK_ON)}, got {on!r}")
+
+
+def attach_masks(model: nn.Module, on: str = "bn") -> dict[str, nn.Parameter]:
+    """Parametrize each maskable layer's weight with an all-ones ChannelMask; works on any architecture."""
     masks = {}
-    for name, bn in bn_layers(model).items():
-        mask = ChannelMask(bn.num_features).to(bn.weight.device)
-        parametrize.register_parametrization(bn, "weight", mask)
+    for name, layer in mask_layers(model, on).items():
+        mask = ChannelMask(layer.weight.shape[0]).to(layer.weight.device)
+        parametrize.register_parametrization(layer, "weight", mask)
         masks[name] = mask.mask
     return masks
 
@@ -51,17 +80,18 @@ def recover(
     augment: AugmentParams,
     gen: torch.Generator,
     on_epoch: Callable[[int, EpochStats, dict[str, torch.Tensor]], None] | None = None,
+    mask_on: str = "bn",
 ) -> dict[str, torch.Tensor]:
-    """Learn BN channel masks that restore clean accuracy of the unlearned model.
+    """Learn channel masks (BN by default, see `mask_layers`) that restore clean accuracy of the unlearned model.
 
-    Returns {bn layer name: (channels,) mask in [0, 1]}.
+    Returns {layer name: (channels,) mask in [0, 1]}.
     """
-    # 1) a frozen copy of the unlearned model with all-ones masks on every BN weight
+    # 1) a frozen copy of the unlearned model with all-ones masks on every maskable weight
     model = copy.deepcopy(unlearned)
     model.requires_grad_(False)
-    masks = attach_masks(model)
+    masks = attach_masks(model, mask_on)
     if not masks:
-        raise ValueError("the model has no affine BatchNorm layer to mask")
+        raise ValueError(f"the model has no layer to mask (mask_on={mask_on}); try recover.mask_on: conv")
     # 2) only the masks learn
     optimizer = torch.optim.SGD(masks.values(), lr=p.lr, momentum=p.momentum)
 

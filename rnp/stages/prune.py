@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from ..config import Config, PruneParams
-from ..defense import PrunePoint, apply_pruning, bn_layers, oracle_point, pruning_sets, select_auto
+from ..config import Config
+from ..defense import PrunePoint, apply_pruning, mask_layers, oracle_point, pruning_sets, select_auto, sweep_curve, sweep_points
 from ..errors import RnpError
 from ..io import StageWriter, csv_bytes, json_bytes, load_tensors
 from ..metrics import accuracy, attack_metrics, der
@@ -17,31 +16,20 @@ from ..models import load_model, model_bytes
 from ..plots import curve_png, masks_png
 from ._common import load_imageset, progress, resolve_device, say
 
-__all__ = ["run", "sweep_points"]
+__all__ = ["run", "load_masks"]
 
 
-def sweep_points(p: PruneParams, total_channels: int) -> list[float]:
-    """The sweep grid; a fixed choice is added to it so that it is evaluated too."""
-    if p.sweep == "threshold":
-        n = int(round(p.max_threshold / p.step))
-        points = {round(i * p.step, 6) for i in range(n + 1)}
-        points |= {p.threshold} if p.select == "fixed" else set()
-    else:
-        points = set(range(0, min(p.max_number, total_channels) + 1, p.number_step))
-        points |= {min(p.number, total_channels)} if p.select == "fixed" else set()
-    return sorted(points)
-
-
-def load_masks(path: Path, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    masks, _ = load_tensors(path, hint=" (run the recover stage first: dvc repro recover)")
-    layers = bn_layers(model)
+def load_masks(path: Path, model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.nn.Module]]:
+    """Masks in model order, and the layers they belong to (BN unless the recover stage masked another kind)."""
+    masks, meta = load_tensors(path, hint=" (run the recover stage first: dvc repro recover)")
+    layers = mask_layers(model, str(meta.get("mask_on", "bn")))
     if set(masks) != set(layers):
         diff = sorted(set(masks) ^ set(layers))
-        raise RnpError(f"{path}: masks do not match the model's BatchNorm layers (e.g. {diff[0]})")
-    for name, bn in layers.items():
-        if masks[name].shape != (bn.num_features,):
-            raise RnpError(f"{path}: mask {name} has shape {tuple(masks[name].shape)}, layer has {bn.num_features} channels")
-    return {name: masks[name] for name in layers}  # model order
+        raise RnpError(f"{path}: masks do not match the model's masked layers (e.g. {diff[0]})")
+    for name, layer in layers.items():
+        if masks[name].shape != (layer.weight.shape[0],):
+            raise RnpError(f"{path}: mask {name} has shape {tuple(masks[name].shape)}, layer has {layer.weight.shape[0]} channels")
+    return {name: masks[name] for name in layers}, layers
 
 
 def run(cfg: Config, poison_dir: Path, train_dir: Path, recover_dir: Path, out: Path) -> dict:
@@ -52,7 +40,7 @@ def run(cfg: Config, poison_dir: Path, train_dir: Path, recover_dir: Path, out: 
     test_set, _, _ = load_imageset(poison_dir / "test_clean.safetensors")
     trig_set, _, extra = load_imageset(poison_dir / "test_poison.safetensors", "targets")
     model, spec, _ = load_model(train_dir / "model.safetensors", hint=" (run the train stage first: dvc repro train)")
-    masks = load_masks(recover_dir / "masks.safetensors", model)
+    masks, layers = load_masks(recover_dir / "masks.safetensors", model)
     device = resolve_device(cfg.device)
     model.to(device).eval()
     holdout, test, triggered = info.on(holdout_set, device), info.on(test_set, device), info.on(trig_set, device)
@@ -62,16 +50,15 @@ def run(cfg: Config, poison_dir: Path, train_dir: Path, recover_dir: Path, out: 
     before = {"ca": accuracy(model, test), **attack_metrics(model, triggered, targets)}
     base_holdout = accuracy(model, holdout)
 
-    # 2) the sweep: one model copy, BN weights rewritten in place at each point
-    original = {name: bn.weight.detach().clone() for name, bn in bn_layers(model).items()}
+    # 2) the sweep: one model copy, weights rewritten in place at each point
     points = sweep_points(p, sum(m.numel() for m in masks.values()))
-    sets = pruning_sets(masks, p.sweep, points)
-    start, curve = time.perf_counter(), []
-    for point, chosen in progress(list(zip(points, sets)), "prune"):
-        apply_pruning(model, original, chosen)
-        pruned_values = torch.cat([masks[n][c.to(masks[n].device)] for n, c in chosen.items()])
-        threshold = point if p.sweep == "threshold" else (pruned_values.max().item() if pruned_values.numel() else 0.0)
-        curve.append(PrunePoint(threshold, int(pruned_values.numel()), accuracy(model, holdout), accuracy(model, test), **attack_metrics(model, triggered, targets)))
+
+    def measure() -> dict:
+        return {"holdout_acc": accuracy(model, holdout), "ca": accuracy(model, test), **attack_metrics(model, triggered, targets)}
+
+    start = time.perf_counter()
+    rows = sweep_curve(layers, masks, p.sweep, points, measure, lambda it: progress(it, "prune"))
+    curve = [PrunePoint(r["threshold"], r["pruned"], r["holdout_acc"], r["ca"], r["asr"], r["ra"]) for r in rows]
     seconds = time.perf_counter() - start
 
     # 3) choose from clean held-out data only; the oracle looks at test data and is for reporting
@@ -81,7 +68,7 @@ def run(cfg: Config, poison_dir: Path, train_dir: Path, recover_dir: Path, out: 
         selected = points.index(p.threshold if p.sweep == "threshold" else min(p.number, points[-1]))
     oracle = oracle_point(curve, p.oracle_max_asr)
     chosen_point, oracle_pt = curve[selected], curve[oracle]
-    apply_pruning(model, original, sets[selected])
+    apply_pruning(layers, {n: l.weight.detach().clone() for n, l in layers.items()}, pruning_sets(masks, p.sweep, points)[selected])
 
     metrics = {
         "ca": chosen_point.ca,
@@ -98,7 +85,6 @@ def run(cfg: Config, poison_dir: Path, train_dir: Path, recover_dir: Path, out: 
         "oracle_ca": oracle_pt.ca,
         "oracle_asr": oracle_pt.asr,
     }
-    rows = [{"point": pt, **asdict(c)} for pt, c in zip(points, curve)]
     x = "threshold" if p.sweep == "threshold" else "pruned"
     with StageWriter(out) as w:
         w.write("model.safetensors", model_bytes(model, spec, {"params": cfg.to_dict(), "stage": "prune", "pruned": chosen_point.pruned, "threshold": chosen_point.threshold}))

@@ -1,4 +1,4 @@
-"""recover: unlearned model + clean defense data -> one [0, 1] mask per BN channel."""
+"""recover: unlearned model + clean defense data -> one [0, 1] mask per BN (or norm / conv) channel."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def run(cfg: Config, poison_dir: Path, unlearn_dir: Path, out: Path) -> dict:
         bar.set_postfix(defense_acc=f"{stats.acc:.3f}")
 
     start = time.perf_counter()
-    masks = recover(unlearned, defense, cfg.recover, cfg.augment, seeded_generator(cfg.seed), report)
+    masks = recover(unlearned, defense, cfg.recover, cfg.augment, seeded_generator(cfg.seed), report, cfg.recover.mask_on)
     bar.close()
     seconds = time.perf_counter() - start
     flat = torch.cat([m.flatten() for m in masks.values()]).cpu()
@@ -50,10 +50,10 @@ def run(cfg: Config, poison_dir: Path, unlearn_dir: Path, out: Path) -> dict:
         "defense_acc": history[-1]["defense_acc"],
     }
     with StageWriter(out) as w:
-        w.write("masks.safetensors", tensors_bytes(masks, {"model": spec.__dict__, "stage": "recover"}))
+        w.write("masks.safetensors", tensors_bytes(masks, {"model": spec.__dict__, "stage": "recover", "mask_on": cfg.recover.mask_on}))
         w.write("masks.csv", csv_bytes(rows))
         w.write("masks.png", masks_png(masks))
         w.write("history.csv", csv_bytes(history))
         w.write("metrics.json", json_bytes(metrics))
-    say(f"recover: {metrics['channels']} masks over {metrics['layers']} BN layers ({seconds:.1f} s), {metrics['zero_masks']} at 0, {metrics['masks_below_0_2']} <= 0.2 -> {out}")
+    say(f"recover: {metrics['channels']} masks over {metrics['layers']} {cfg.recover.mask_on} layers ({seconds:.1f} s), {metrics['zero_masks']} at 0, {metrics['masks_below_0_2']} <= 0.2 -> {out}")
     return metrics

@@ -5,13 +5,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
 from ..config import Config
 from ..io import StageWriter, csv_bytes, json_bytes
 from ..metrics import accuracy, attack_metrics
 from ..models import create_model, model_bytes
-from ..training import run_epoch, seeded_generator
+from ..training import fit, seeded_generator
 from ._common import load_imageset, progress, resolve_device, say, seed_everything
 
 __all__ = ["run"]
@@ -28,17 +26,17 @@ def run(cfg: Config, poison_dir: Path, out: Path) -> dict:
     train, test, triggered = info.on(train_set, device), info.on(test_set, device), info.on(trig_set, device)
 
     p = cfg.train
-    optimizer = torch.optim.SGD(model.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay, nesterov=True)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=p.epochs)
-    gen = seeded_generator(cfg.seed)
     history, start = [], time.perf_counter()
-    bar = progress(range(1, p.epochs + 1), "train")
-    for epoch in bar:
-        stats = run_epoch(model, train, optimizer, p.batch_size, gen, cfg.augment)
-        scheduler.step()
+    bar = progress(None, "train", total=p.epochs)
+
+    def report(epoch, stats):  # test metrics are for the history only
         row = {"epoch": epoch, "loss": stats.loss, "train_acc": stats.acc, "ca": accuracy(model, test), **attack_metrics(model, triggered, extra["targets"])}
         history.append(row)
+        bar.update()
         bar.set_postfix(loss=f"{stats.loss:.3f}", ca=f"{row['ca']:.3f}", asr=f"{row['asr']:.3f}")
+
+    fit(model, train, p, cfg.augment, seeded_generator(cfg.seed), report)
+    bar.close()
     seconds = time.perf_counter() - start
 
     last = history[-1]

@@ -1,0 +1,92 @@
+"""rnp defend: an untrusted model file + clean data -> purified model, masks, pruning curve, report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import Config
+from ..data import load_dataset
+from ..purify import defend
+from ..errors import RnpError
+from ..io import StageWriter, csv_bytes, json_bytes, tensors_bytes
+from ..metrics import accuracy
+from ..models import ModelSpec, model_bytes
+from ..plots import curve_png
+from ..poisoning import split_test
+from ..untrusted import load_untrusted
+from ._common import resolve_device, say, seed_everything
+
+__all__ = ["run", "clean_data"]
+
+
+def clean_data(spec: str, cfg: Config, defense_size: int, image_size: int):
+    """SPEC -> (defense ImageSet, evaluation ImageSet or None, num_classes, mean, std).
+
+    A folder is an ImageFolder tree of clean labelled images (all of it is defense data);
+    a name is a registered data set: `defense_size` clean training images, the test split for evaluation.
+    """
+    path = Path(spec)
+    if path.is_dir():
+        ds = load_dataset("folder", str(path), image_size)
+        return ds.train, ds.test, ds.num_classes, ds.mean, ds.std
+    if "/" in spec or spec.startswith("."):
+        raise RnpError(f"--data {spec}: no such folder")
+    ds = load_dataset(spec, cfg.data.root, image_size)
+    train, test = (ds.train, ds.test) if ds.test is not None else split_test(ds.train, cfg.data.test_fraction, cfg.seed)
+    if defense_size > len(train):
+        raise RnpError(f"--defense-size {defense_size} is larger than the {len(train)} training images of {spec}")
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.data.defense_seed))[:defense_size]
+    return train.subset(pick.sort().values), test, ds.num_classes, ds.mean, ds.std
+
+
+def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise RnpError(f"{what} must be comma-separated numbers, got {text!r}") from None
+
+
+def run(cfg: Config, model_path: Path, arch: str, data: str, out: Path, defense_size: int = 500, image_size: int = 32,
+        mean: str | None = None, std: str | None = None, mask_on: str = "auto", force: bool = False) -> dict:
+    if out.suffix != ".safetensors":
+        raise RnpError(f"--out {out} must end in .safetensors")
+    clean, evaluation, classes, data_mean, data_std = clean_data(data, cfg, defense_size, image_size)
+    mean_v, std_v = _floats(mean, "--mean") or data_mean, _floats(std, "--std") or data_std
+    channels = clean.images.shape[1]
+    if len(mean_v) != channels or len(std_v) != channels:
+        raise RnpError(f"--mean/--std need {channels} values (the images have {channels} channels)")
+    spec = ModelSpec(arch, classes, tuple(clean.images.shape[1:]), mean_v, std_v)
+    model = load_untrusted(model_path, spec)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+
+    start = time.perf_counter()
+    purified, report = defend(model, clean.images, clean.labels, mean_v, std_v, classes, cfg, device, mask_on, force)
+    report["seconds"] = round(time.perf_counter() - start, 2)
+    if evaluation is not None:  # clean test accuracy, for the person reading the report
+        from ..data import DeviceData
+
+        test = DeviceData(evaluation, mean_v, std_v, torch.device("cpu"))
+        report["test_acc_before"], report["test_acc_after"] = accuracy(model, test), accuracy(purified, test)
+    masks, curve = report.pop("masks"), report.pop("curve")
+
+    stem = out.name[: -len(".safetensors")]
+    with StageWriter(out.parent) as w:
+        w.write(out.name, model_bytes(purified, spec, {"stage": "defend", "report": {k: v for k, v in report.items() if k != "class_scores"}}))
+        w.write(f"{stem}.masks.safetensors", tensors_bytes(masks, {"mask_on": report["mask_on"], "stage": "defend"}))
+        w.write(f"{stem}.curve.csv", csv_bytes(curve))
+        w.write(f"{stem}.curve.png", _curve_png(curve, report))
+        w.write(f"{stem}.report.json", json_bytes(report))
+    acc = f"held-out clean acc {report['holdout_acc_before']:.1%} -> {report['holdout_acc_after']:.1%}"
+    say(f"defend: {report['verdict']}; pruned {report['pruned']} channels ({acc}, {report['seconds']:.1f} s) -> {out}")
+    return report
+
+
+def _curve_png(curve: list[dict], report: dict) -> bytes:
+    rows = [{**r, "ca": r["holdout_acc"], "asr": float("nan")} for r in curve]
+    return curve_png(rows, "threshold", report["selected"], report["selected"])

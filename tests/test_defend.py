@@ -1,0 +1,163 @@
+"""rnp defend: a model trained elsewhere, purified by one command, loaded without executing anything."""
+
+import json
+import os
+
+import pytest
+import torch
+
+import rnp
+from rnp.cli import main
+from rnp.config import Config
+from rnp.data import load_dataset
+from rnp.purify import defend
+from rnp.errors import RnpError
+from rnp.metrics import attack_metrics
+from rnp.models import ModelSpec, create_model, load_model
+from rnp.stages._common import load_imageset
+from rnp.training import run_epoch, seeded_generator
+
+from .conftest import make_config
+
+
+def _clean_digits(default_run):
+    cfg, root, _ = default_run
+    defense, info, _ = load_imageset(root / "poison/defense.safetensors")
+    holdout, _, _ = load_imageset(root / "poison/holdout.safetensors")
+    return torch.cat([defense.images, holdout.images]), torch.cat([defense.labels, holdout.labels]), info
+
+
+def test_api_purifies_the_backdoored_model_and_names_its_target(default_run):
+    cfg, root, _ = default_run
+    model, _, _ = load_model(root / "train/model.safetensors")
+    images, labels, info = _clean_digits(default_run)
+    purified, report = rnp.defend(model, images, labels, info.mean, info.std, 10, cfg)
+    assert report["backdoor_suspected"] and report["suspected_target"] == cfg.attack.target
+    assert report["pruned"] > 0 and report["holdout_acc_after"] >= report["holdout_acc_before"] - cfg.prune.max_clean_drop - 1e-9
+    trig, _, extra = load_imageset(root / "poison/test_poison.safetensors", "targets")
+    asr = attack_metrics(purified, info.on(trig, torch.device("cpu")), extra["targets"])["asr"]
+    assert asr < 0.9  # weakened; how far depends on the clean split (README: auto-threshold quality)
+    assert any(torch.equal(a, b) is False for a, b in zip(model.state_dict().values(), purified.state_dict().values()))
+
+
+def test_a_model_unlearning_cannot_collapse_is_reported_clean_and_left_unpruned(default_run):
+    cfg, root, _ = default_run
+    model, _, _ = load_model(root / "train/model.safetensors")
+    images, labels, info = _clean_digits(default_run)
+    gentle = make_config(**{"unlearn.max_epochs": 2})  # accuracy stays high: nothing points at a backdoor
+    purified, report = defend(model, images, labels, info.mean, info.std, 10, gentle)
+    assert not report["backdoor_suspected"] and report["unlearned_acc"] > 0.3
+    assert report["verdict"].startswith("no evidence of a backdoor") and report["pruned"] == 0
+    for a, b in zip(model.state_dict().values(), purified.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def torchvision_model_file(tmp_path_factory):
+    """A backdoored torchvision ResNet-18 trained outside rnp's pipeline, saved as a plain PyTorch state dict."""
+    cfg = make_config()
+    ds = load_dataset("digits")
+    from rnp.poisoning import poison
+
+    pd = poison(ds, cfg.data, cfg.attack, 0)
+    torch.manual_seed(0)
+    net = create_model(ModelSpec("torchvision:resnet18", 10, (1, 8, 8), ds.mean, ds.std))
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    from rnp.data import DeviceData
+
+    data = DeviceData(pd.train, ds.mean, ds.std, torch.device("cpu"))
+    for _ in range(3):
+        run_epoch(net, data, opt, 64, seeded_generator(0), cfg.augment)
+    path = tmp_path_factory.mktemp("elsewhere") / "resnet18.pt"
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, path)
+    return path
+
+
+def test_the_command_purifies_a_torchvision_model_trained_elsewhere(torchvision_model_file, tmp_path, capsys):
+    out = tmp_path / "out" / "purified.safetensors"
+    args = ["defend", "--model", str(torchvision_model_file), "--arch", "torchvision:resnet18", "--data", "digits",
+            "--defense-size", "300", "--out", str(out), "--force"]
+    assert main(args) == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "out/purified.report.json").read_text())
+    assert {"verdict", "suspected_target", "target_score", "pruned", "threshold", "test_acc_before", "test_acc_after"} <= set(report)
+    assert report["mask_on"] == "bn" and report["pruned"] >= 0
+    for name in ("purified.masks.safetensors", "purified.curve.csv", "purified.curve.png"):
+        assert (tmp_path / "out" / name).is_file()
+    purified, spec, meta = load_model(out)
+    assert spec.arch == "torchvision:resnet18" and meta["stage"] == "defend"
+    zeroed = sum(int((m.weight == 0).sum()) for m in purified.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert zeroed == report["pruned"]
+
+
+class _Marker:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_a_pickled_model_is_refused_and_never_executed(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "model.pt"
+    torch.save(_Marker(marker), evil)
+    out = tmp_path / "out" / "p.safetensors"
+    assert main(["defend", "--model", str(evil), "--arch", "small_cnn", "--data", "digits", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a pickled model object, not a state dict" in err and "torch.save(model.state_dict()" in err and len(err.splitlines()) == 1
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case,message", [
+    ("wrong_arch", "weights do not match the architecture (missing"),
+    ("wrong_classes", "layer classifier.weight has shape (5, 128), architecture expects (10, 128)"),
+    ("wrong_channels", "layer features.0.0.weight has shape (32, 3, 3, 3), architecture expects (32, 1, 3, 3)"),
+    ("truncated", "is not a PyTorch state dict or safetensors file"),
+    ("missing", "missing model file"),
+    ("not_weights", "holds no state dict"),
+])
+def test_bad_model_files_are_one_clear_line(tmp_path, capsys, case, message):
+    path = tmp_path / "m.pt"
+    if case == "wrong_arch":
+        torch.save(create_model(ModelSpec("small_cnn", 10, (1, 8, 8), (0.5,), (0.2,))).state_dict(), path)
+        arch = "resnet18"
+    else:
+        arch = "small_cnn"
+        shapes = {"wrong_classes": (5, (1, 8, 8)), "wrong_channels": (10, (3, 8, 8))}
+        classes, shape = shapes.get(case, (10, (1, 8, 8)))
+        torch.save(create_model(ModelSpec("small_cnn", classes, shape, (0.5,) * shape[0], (0.2,) * shape[0])).state_dict(), path)
+        if case == "truncated":
+            path.write_bytes(path.read_bytes()[:500])
+        elif case == "missing":
+            path.unlink()
+        elif case == "not_weights":
+            torch.save([1, 2, 3], path)
+    out = tmp_path / "out" / "p.safetensors"
+    assert main(["defend", "--model", str(path), "--arch", arch, "--data", "digits", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_too_little_clean_data_is_refused():
+    model = create_model(ModelSpec("small_cnn", 10, (1, 8, 8), (0.5,), (0.2,)))
+    images = torch.zeros(12, 1, 8, 8, dtype=torch.uint8)
+    with pytest.raises(RnpError, match="only 5 clean images for 10 classes"):
+        defend(model, images[:5], torch.arange(5), (0.5,), (0.2,), 10, Config())
+    with pytest.raises(RnpError, match="the clean data has no image of class 9"):
+        defend(model, images, torch.arange(12) % 9, (0.5,), (0.2,), 10, Config())
+
+
+def test_folder_data_with_the_wrong_channel_count_is_named(tmp_path, capsys):
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / "clean" / c).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "clean" / c / "0.png")
+    path = tmp_path / "m.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(create_model(ModelSpec("small_cnn", 2, (1, 8, 8), (0.5,), (0.2,))).state_dict(), str(path))
+    assert main(["defend", "--model", str(path), "--arch", "small_cnn", "--data", str(tmp_path / "clean"), "--image-size", "8",
+                 "--out", str(tmp_path / "o.safetensors")]) == 2
+    assert "architecture expects (32, 3, 3, 3)" in capsys.readouterr().err
