@@ -161,3 +161,12 @@ def test_folder_data_with_the_wrong_channel_count_is_named(tmp_path, capsys):
     assert main(["defend", "--model", str(path), "--arch", "small_cnn", "--data", str(tmp_path / "clean"), "--image-size", "8",
                  "--out", str(tmp_path / "o.safetensors")]) == 2
     assert "architecture expects (32, 3, 3, 3)" in capsys.readouterr().err
+
+
+def test_speed_benchmark_runs_on_a_tiny_workload(capsys):
+    from benchmarks.speed import main as speed
+
+    result = speed(["--workload", "tiny"])
+    out = capsys.readouterr().out
+    assert set(result["rnp"]) == set(result["baseline"]) == {"train", "unlearn", "recover", "prune"}
+    assert "speed-up" in out and "defense" in out and "images/s" in out

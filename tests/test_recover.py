@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from rnp.defense import attach_masks, bn_layers
+from rnp.defense import attach_masks, bn_layers, mask_layers
 from rnp.io import load_tensors
 from rnp.models import ModelSpec, create_model, list_models
 
@@ -36,8 +36,8 @@ def test_masking_works_on_every_architecture(arch):
     model = create_model(ModelSpec(arch, 10, (3, 32, 32), (0.5,) * 3, (0.25,) * 3)).eval()
     x = torch.randn(4, 3, 32, 32)
     reference = model(x)
-    masks = attach_masks(model)
-    assert masks and len(masks) == len(bn_layers(model))
+    masks = attach_masks(model, "auto")  # BN, or the norm layers of a model without BN
+    assert masks and len(masks) == len(mask_layers(create_model(ModelSpec(arch, 10, (3, 32, 32), (0.5,) * 3, (0.25,) * 3)), "auto"))
     # 1) an all-ones mask changes nothing
     torch.testing.assert_close(model(x), reference)
     # 2) a zero mask on a channel equals zeroing that channel's BN weight
@@ -49,7 +49,7 @@ def test_masking_works_on_every_architecture(arch):
     state = {k.replace("parametrizations.weight.original", "weight"): v for k, v in model.state_dict().items() if "mask" not in k}
     plain.load_state_dict(state)
     with torch.no_grad():
-        bn_layers(plain)[name].weight[3] = 0.0
+        mask_layers(plain, "auto")[name].weight[3] = 0.0
     torch.testing.assert_close(masked, plain(x))
     assert not torch.equal(masked, reference)  # the zeroed channel reaches the output
 
@@ -63,3 +63,93 @@ def test_masks_attach_to_any_bn_model():
 def test_torchvision_classifier_takes_grey_images_and_the_data_sets_classes():
     model = create_model(ModelSpec("torchvision:resnet18", 7, (1, 8, 8), (0.5,), (0.25,))).eval()
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 7)
+
+
+@pytest.mark.parametrize("on,norm", [("conv", None), ("norm", "group"), ("norm", "layer"), ("auto", None)])
+def test_masking_without_batchnorm(on, norm):
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, 8, 3, padding=1)]
+    if norm == "group":
+        layers.append(nn.GroupNorm(2, 8))
+    elif norm == "layer":
+        layers.append(nn.LayerNorm([8, 6, 6]))
+    model = nn.Sequential(*layers, nn.ReLU(), nn.Conv2d(8, 4, 3), nn.Flatten(), nn.LazyLinear(3)).eval()
+    x = torch.randn(2, 3, 6, 6)
+    reference = model(x)
+    first = mask_layers(model, on)
+    name = next(iter(first))
+    plain_weight = first[name].weight.detach().clone()
+    masks = attach_masks(model, on)
+    assert set(masks) == set(first) and masks[name].shape == (plain_weight.shape[0],)
+    torch.testing.assert_close(model(x), reference)  # all-ones: identity
+    with torch.no_grad():
+        masks[name][2] = 0.0
+    masked = model(x)
+    assert torch.equal(first[name].weight[2], torch.zeros_like(plain_weight[2]))  # the masked weight reads as zero
+    assert not torch.equal(masked, reference)
+    if on == "auto":
+        assert mask_layers(nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2)), "auto").keys() == {"1"}
+
+
+@pytest.mark.parametrize("mask_on", ["norm", "conv"])
+def test_a_groupnorm_model_is_masked_through_the_pipeline(tmp_path, mask_on):
+    from rnp.stages import run_all
+
+    from .conftest import make_config
+
+    m = run_all(make_config(**{"model.arch": "small_cnn_gn", "recover.mask_on": mask_on}), tmp_path)
+    assert m["recover"]["layers"] == 4 and m["recover"]["channels"] == 352
+    assert m["recover"]["mean_mask"] < 1.0  # the masks learnt something
+    assert m["prune"]["asr_before"] > 0.9
+
+
+def test_masking_bn_and_conv_of_a_bn_model_differ(tmp_path):
+    """Conv-output masks in front of BatchNorm are normalised away: recovery cannot move them."""
+    model = create_model(ModelSpec("small_cnn", 10, (1, 8, 8), (0.5,), (0.25,)))
+    assert set(mask_layers(model, "conv")) != set(mask_layers(model, "bn"))
+    x = torch.randn(16, 1, 8, 8)
+    masks = attach_masks(model, "conv")
+    reference = model(x)
+    with torch.no_grad():
+        masks["features.0.0"].mul_(0.5)  # train-mode BN: scaling a conv's output changes nothing
+    torch.testing.assert_close(model(x), reference, atol=1e-4, rtol=1e-4)
+
+
+def test_fast_recover_matches_a_plain_per_sample_loop():
+    """The device-resident path and a DataLoader over PIL images with torchvision transforms learn the same masks."""
+    from torch.utils.data import DataLoader
+    from torchvision import transforms
+
+    from benchmarks.speed import PerSample
+    from rnp.config import AugmentParams, RecoverParams
+    from rnp.data import DeviceData, ImageSet
+    from rnp.defense import recover
+    from rnp.training import seeded_generator
+
+    g = torch.Generator().manual_seed(0)
+    data = ImageSet(torch.randint(0, 256, (96, 1, 8, 8), generator=g, dtype=torch.uint8), torch.randint(0, 10, (96,), generator=g))
+    torch.manual_seed(0)
+    model = create_model(ModelSpec("small_cnn", 10, (1, 8, 8), (0.5,), (0.25,)))
+    p = RecoverParams(epochs=3, batch_size=32)
+    fast = recover(model, DeviceData(data, (0.5,), (0.25,), torch.device("cpu")), p, AugmentParams(), seeded_generator(0))
+
+    plain_model = create_model(ModelSpec("small_cnn", 10, (1, 8, 8), (0.5,), (0.25,)))
+    plain_model.load_state_dict(model.state_dict())
+    plain_model.requires_grad_(False)
+    masks = attach_masks(plain_model)
+    opt = torch.optim.SGD(masks.values(), lr=p.lr, momentum=p.momentum)
+    per_sample = PerSample(data, transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.25,))]))
+    gen = seeded_generator(0)
+    for _ in range(p.epochs):  # the same batch order as the fast path's generator
+        order = torch.randperm(len(data), generator=gen)
+        plain_model.train()
+        for x, y in DataLoader(per_sample, batch_size=p.batch_size, sampler=order.tolist()):
+            opt.zero_grad()
+            (p.alpha * nn.functional.cross_entropy(plain_model(x), y)).backward()
+            opt.step()
+            with torch.no_grad():
+                for m in masks.values():
+                    m.clamp_(0, 1)
+    for name in fast:
+        torch.testing.assert_close(fast[name], masks[name].detach(), atol=1e-4, rtol=1e-4)
+    assert any((m < 1).any() for m in fast.values())

@@ -1,0 +1,226 @@
+"""Speed: rnp's device-resident stages against a plain, reference-style baseline doing the same work.
+
+    python -m benchmarks.speed --workload a        # default digits pipeline (small CNN)
+    python -m benchmarks.speed --workload b        # digits32 with ResNet-18
+    python -m benchmarks.speed --workload c        # synthetic CIFAR-10 shapes, ResNet-18 (for a GPU)
+    python -m benchmarks.speed --workload tiny     # seconds: what the test suite runs
+
+The baseline is written the way the reference implementation works: a torch
+DataLoader over a per-sample dataset with torchvision transforms (PIL, crop,
+ToTensor, Normalize), and a full evaluation of the clean and triggered test
+sets after every epoch and at every sweep point (on a freshly loaded model copy).
+Both sides do the same number of optimisation steps (early stopping off), so
+the ratio measures the implementation, not the stopping rule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision import transforms
+
+from rnp.config import AugmentParams, PruneParams, RecoverParams, TrainParams, UnlearnParams
+from rnp.data import DeviceData, ImageSet
+from rnp.defense import attach_masks, mask_layers, pruning_sets, recover, sweep_curve, sweep_points, unlearn
+from rnp.defense.prune import apply_pruning
+from rnp.metrics import accuracy
+from rnp.models import ModelSpec, create_model
+from rnp.training import fit, seeded_generator
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    arch: str
+    shape: tuple[int, int, int]
+    n_train: int
+    n_defense: int
+    n_test: int  # clean; the triggered set is 90 % of it
+    train_epochs: int
+    unlearn_epochs: int
+    recover_epochs: int
+    crop: int
+
+
+WORKLOADS = {
+    "tiny": Workload("tiny", "small_cnn", (1, 8, 8), 256, 64, 64, 1, 1, 1, 0),
+    "a": Workload("a: digits, small CNN", "small_cnn", (1, 8, 8), 1336, 198, 359, 30, 8, 20, 0),
+    "b": Workload("b: digits32, ResNet-18", "resnet18", (3, 32, 32), 1336, 198, 359, 1, 5, 5, 4),
+    "c": Workload("c: CIFAR-10 shapes, ResNet-18", "resnet18", (3, 32, 32), 50_000, 500, 10_000, 1, 20, 20, 4),
+}
+MEAN, STD = 0.5, 0.25
+
+
+def synthetic(w: Workload, n: int, seed: int) -> ImageSet:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    images = torch.randint(0, 256, (n, *w.shape), generator=g, dtype=torch.uint8)
+    images[:, :, :4, :4] = (labels * 25).view(-1, 1, 1, 1).to(torch.uint8)  # learnable signal
+    return ImageSet(images, labels)
+
+
+# --- the plain baseline ----------------------------------------------------------------
+
+
+class PerSample(torch.utils.data.Dataset):
+    def __init__(self, data: ImageSet, transform):
+        self.data, self.transform = data, transform
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        img = self.data.images[i]
+        pil = transforms.functional.to_pil_image(img[0] if img.shape[0] == 1 else img)
+        return self.transform(pil), int(self.data.labels[i])
+
+
+def baseline_loader(data: ImageSet, w: Workload, train: bool, batch: int) -> DataLoader:
+    c = w.shape[0]
+    steps = [transforms.RandomCrop(w.shape[1], padding=w.crop)] if train and w.crop else []
+    steps += [transforms.ToTensor(), transforms.Normalize((MEAN,) * c, (STD,) * c)]
+    return DataLoader(PerSample(data, transforms.Compose(steps)), batch_size=batch, shuffle=train, num_workers=0)
+
+
+def baseline_eval(model: nn.Module, loader: DataLoader) -> float:
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in loader:
+            correct += (model(x).argmax(1) == y).sum().item()
+            total += len(y)
+    return correct / total
+
+
+def baseline_epoch(model, loader, optimizer, sign=1.0, after=None):
+    model.train()
+    for x, y in loader:
+        loss = sign * nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if after:
+            after()
+
+
+def run_baseline(w: Workload, sets: dict, spec: ModelSpec) -> dict:
+    t = {}
+    train_l, def_l = baseline_loader(sets["train"], w, True, 128), baseline_loader(sets["defense"], w, True, 128)
+    evals = [baseline_loader(sets[k], w, False, 256) for k in ("test", "poison")]
+    torch.manual_seed(0)
+    model = create_model(spec)
+    start = time.perf_counter()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    for _ in range(w.train_epochs):
+        baseline_epoch(model, train_l, opt)
+        [baseline_eval(model, e) for e in evals]
+    t["train"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    unlearned = copy.deepcopy(model)
+    opt = torch.optim.SGD(unlearned.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    for _ in range(w.unlearn_epochs):
+        baseline_epoch(unlearned, def_l, opt, sign=-1.0)
+        [baseline_eval(unlearned, e) for e in evals]
+    t["unlearn"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    masked = copy.deepcopy(unlearned).requires_grad_(False)
+    masks = attach_masks(masked)
+    opt = torch.optim.SGD(masks.values(), lr=0.2, momentum=0.9)
+
+    def clamp():
+        with torch.no_grad():
+            for m in masks.values():
+                m.clamp_(0, 1)
+
+    for _ in range(w.recover_epochs):
+        baseline_epoch(masked, def_l, opt, sign=0.2, after=clamp)
+        [baseline_eval(masked, e) for e in evals]
+    t["recover"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    state = model.state_dict()
+    for chosen in pruning_sets({k: v.detach() for k, v in masks.items()}, "threshold", sweep_points(PruneParams(), 0)):
+        pruned = create_model(spec)
+        pruned.load_state_dict(state)
+        layers = mask_layers(pruned, "bn")
+        with torch.no_grad():
+            for name, prune in chosen.items():
+                layers[name].weight[prune] = 0.0
+        [baseline_eval(pruned, e) for e in [baseline_loader(sets["holdout"], w, False, 256), *evals]]
+    t["prune"] = time.perf_counter() - start
+    return t
+
+
+# --- rnp -------------------------------------------------------------------------------
+
+
+def run_rnp(w: Workload, sets: dict, spec: ModelSpec, device: torch.device) -> dict:
+    t, on = {}, lambda k: DeviceData(sets[k], (MEAN,) * w.shape[0], (STD,) * w.shape[0], device)  # noqa: E731
+    train, defense, test, poison, holdout = (on(k) for k in ("train", "defense", "test", "poison", "holdout"))
+    augment = AugmentParams(crop_padding=w.crop)
+    torch.manual_seed(0)
+    model = create_model(spec).to(device)
+    start = time.perf_counter()
+    fit(model, train, TrainParams(epochs=w.train_epochs, batch_size=128), augment, seeded_generator(0))
+    t["train"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    p = UnlearnParams(lr=0.01, batch_size=128, max_epochs=w.unlearn_epochs, clean_threshold=0.0)
+    unlearned, _ = unlearn(model, defense, p, augment, seeded_generator(0))
+    t["unlearn"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    masks = recover(unlearned, defense, RecoverParams(lr=0.2, epochs=w.recover_epochs), augment, seeded_generator(0))
+    t["recover"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    model.eval()
+    sweep_curve(mask_layers(model, "bn"), masks, "threshold", sweep_points(PruneParams(), 0),
+                lambda: {"holdout": accuracy(model, holdout), "ca": accuracy(model, test), "asr": accuracy(model, poison)})
+    t["prune"] = time.perf_counter() - start
+    return t
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workload", choices=list(WORKLOADS), default="a")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", help="also write the figures here")
+    args = ap.parse_args(argv)
+    w = WORKLOADS[args.workload]
+    sets = {"train": synthetic(w, w.n_train, 1), "defense": synthetic(w, w.n_defense, 2), "holdout": synthetic(w, w.n_defense // 2, 3),
+            "test": synthetic(w, w.n_test, 4), "poison": synthetic(w, w.n_test * 9 // 10, 5)}
+    spec = ModelSpec(w.arch, 10, w.shape, (MEAN,) * w.shape[0], (STD,) * w.shape[0])
+    device = torch.device(args.device)
+    warm = create_model(spec)  # first-call costs (allocator, kernels) are paid here, not by whichever side runs first
+    nn.functional.cross_entropy(warm(torch.zeros(8, *w.shape)), torch.zeros(8, dtype=torch.long)).backward()
+    ours = run_rnp(w, sets, spec, device)
+    base = run_baseline(w, sets, spec) if args.device == "cpu" or w.name != "c" else {}
+    print(f"{w.name} on {device} ({torch.get_num_threads()} threads)")
+    print(f"{'stage':<10}{'rnp s':>10}{'baseline s':>12}{'speed-up':>10}")
+    for stage in ours:
+        b = base.get(stage)
+        print(f"{stage:<10}{ours[stage]:>10.2f}{(b or float('nan')):>12.2f}{(b / ours[stage] if b else float('nan')):>9.1f}x")
+    defense_ours = ours["unlearn"] + ours["recover"] + ours["prune"]
+    defense_base = sum(base.get(k, float("nan")) for k in ("unlearn", "recover", "prune"))
+    print(f"{'defense':<10}{defense_ours:>10.2f}{defense_base:>12.2f}{defense_base / defense_ours:>9.1f}x")
+    print(f"training throughput: rnp {w.n_train * w.train_epochs / ours['train']:.0f} images/s"
+          + (f", baseline {w.n_train * w.train_epochs / base['train']:.0f} images/s (with its per-epoch evaluation)" if base else ""))
+    result = {"workload": w.name, "device": str(device), "rnp": ours, "baseline": base}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()
