@@ -65,3 +65,28 @@ def test_dvc_repro_reruns_only_what_changed(project):
     assert "Running stage 'prune'" in out and "Running stage 'train'" not in out
     shown = json.loads(sh(["dvc", "exp", "show", "--json"], repo, env))
     assert "t05" in json.dumps(shown)
+
+
+def test_artifacts_round_trip_through_a_dvc_remote(project, tmp_path):
+    repo, env = project
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["epochs"] = 3
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    sh(["dvc", "repro"], repo, env)
+    sh("git add -A && git commit -qm run", repo, env)  # metrics (cache: false) and dvc.lock live in git
+    lock = (repo / "dvc.lock").read_text()
+    outs = sorted(p for p in (repo / "data").rglob("*") if p.is_file())
+    before = {p.relative_to(repo): p.read_bytes() for p in outs}
+
+    # 1) push everything to a local directory remote
+    sh(["dvc", "remote", "add", "-d", "store", str(tmp_path / "remote")], repo, env)
+    sh(["dvc", "push"], repo, env)
+    # 2) wipe the cache and every output; git restores what git holds
+    sh("rm -rf .dvc/cache data && git checkout -- data", repo, env)
+    assert not (repo / "data/train/model.safetensors").exists()
+    # 3) pull: identical bytes, dvc status clean, the lock file unchanged
+    sh(["dvc", "pull"], repo, env)
+    after = {p.relative_to(repo): p.read_bytes() for p in sorted((repo / "data").rglob("*")) if p.is_file()}
+    assert after == before
+    assert json.loads(sh(["dvc", "status", "--json"], repo, env)) == {}
+    assert (repo / "dvc.lock").read_text() == lock
