@@ -129,7 +129,12 @@ class StageWriter:
         return target
 
     def commit(self) -> None:
+        # An old metrics.json goes first, the new one last: whenever metrics.json exists,
+        # every other output beside it comes from the same finished run.
         ordered = sorted(self._pending, key=lambda p: p[1].name == "metrics.json")
+        for _, target in ordered:
+            if target.name == "metrics.json":
+                target.unlink(missing_ok=True)
         for tmp, target in ordered:
             os.replace(tmp, target)
         self._pending.clear()
