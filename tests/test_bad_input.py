@@ -134,3 +134,50 @@ def test_list_names_every_registry_entry(capsys):
     for name in [*list_datasets(), *list_attacks(), *list_models()]:
         line = next(li for li in out.splitlines() if li.split()[:1] == [name])
         assert len(line.split()) > 2  # name plus a description
+
+
+def _tamper_header(data: bytes, old: bytes, new: bytes) -> bytes:
+    """Edit the JSON header of a safetensors file in place (same length, so offsets still parse)."""
+    n = int.from_bytes(data[:8], "little")
+    header = data[8 : 8 + n]
+    assert old in header and len(old) == len(new)
+    return data[:8] + header.replace(old, new, 1) + data[8 + n :]
+
+
+@pytest.mark.parametrize("case,message", [
+    ("empty", "is not a valid safetensors file"),
+    ("pickled", "is not a valid safetensors file"),
+    ("dtype", "images must be (N, C, H, W) uint8"),
+    ("offsets", "is not a valid safetensors file"),
+    ("lengths", "images but labels of shape"),
+    ("metadata", "has no rnp data metadata"),
+])
+def test_bad_data_files(tmp_path, capsys, default_run, case, message):
+    _, root, _ = default_run
+    poison_dir = tmp_path / "poison"
+    shutil.copytree(root / "poison", poison_dir)
+    target = poison_dir / "train.safetensors"
+    data = target.read_bytes()
+    marker = tmp_path / "pwned"
+    if case == "empty":
+        data = b""
+    elif case == "pickled":
+        data = b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR."
+    elif case == "dtype":
+        data = _tamper_header(data, b'"images":{"dtype":"U8"', b'"images":{"dtype":"I8"')
+    elif case == "offsets":
+        data = data[:-100]  # the header promises more bytes than there are
+    elif case == "lengths":
+        from rnp.io import load_tensors, tensors_bytes
+
+        tensors, meta = load_tensors(target)
+        tensors["labels"] = tensors["labels"][:-3]
+        data = tensors_bytes(tensors, meta)
+    elif case == "metadata":
+        data = _tamper_header(data, b"num_classes", b"num_classez")
+    target.write_bytes(data)
+    out = tmp_path / "out"
+    assert main(["train", "--poison", str(poison_dir), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not out.exists() and not marker.exists()
