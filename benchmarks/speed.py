@@ -20,6 +20,7 @@ import copy
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -33,6 +34,11 @@ from rnp.defense.prune import apply_pruning
 from rnp.metrics import accuracy
 from rnp.models import ModelSpec, create_model
 from rnp.training import fit, seeded_generator
+
+from .effectiveness import write_readme
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
 
 
 @dataclass(frozen=True)
@@ -194,7 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workload", choices=list(WORKLOADS), default="a")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--json", help="also write the figures here (default: benchmarks/results/speed_<workload>.json)")
+    ap.add_argument("--readme", action="store_true", help="rewrite the README's speed table from every saved result")
     args = ap.parse_args(argv)
     w = WORKLOADS[args.workload]
     sets = {"train": synthetic(w, w.n_train, 1), "defense": synthetic(w, w.n_defense, 2), "holdout": synthetic(w, w.n_defense // 2, 3),
@@ -215,11 +222,34 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'defense':<10}{defense_ours:>10.2f}{defense_base:>12.2f}{defense_base / defense_ours:>9.1f}x")
     print(f"training throughput: rnp {w.n_train * w.train_epochs / ours['train']:.0f} images/s"
           + (f", baseline {w.n_train * w.train_epochs / base['train']:.0f} images/s (with its per-epoch evaluation)" if base else ""))
-    result = {"workload": w.name, "device": str(device), "rnp": ours, "baseline": base}
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    result = {"workload": w.name, "device": str(device), "threads": torch.get_num_threads(), "rnp": ours, "baseline": base,
+              "train_images_per_s": {"rnp": w.n_train * w.train_epochs / ours["train"],
+                                     "baseline": w.n_train * w.train_epochs / base["train"] if base else None}}
+    path = Path(args.json) if args.json else RESULTS / f"speed_{args.workload}.json"
+    if args.workload != "tiny" or args.json:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2))
+    if args.readme:
+        write_readme(speed_table(sorted(RESULTS.glob("speed_*.json"))), ROOT / "README.md", "speed")
     return result
+
+
+def speed_table(paths: list[Path]) -> str:
+    lines = ["| workload | stage | rnp s | baseline s | speed-up |", "|---|---|---:|---:|---:|"]
+    for path in paths:
+        r = json.loads(path.read_text())
+        rows = dict(r["rnp"])
+        rows["defense (unlearn + recover + prune)"] = sum(r["rnp"][k] for k in ("unlearn", "recover", "prune"))
+        base = dict(r["baseline"])
+        if base:
+            base["defense (unlearn + recover + prune)"] = sum(base[k] for k in ("unlearn", "recover", "prune"))
+        for stage, ours in rows.items():
+            b = base.get(stage)
+            lines.append(f"| {r['workload']} ({r['device']}, {r['threads']} threads) | {stage} | {ours:.1f} | "
+                         f"{b:.1f} | **{b / ours:.1f}×** |" if b else f"| {r['workload']} | {stage} | {ours:.1f} | — | — |")
+        ips = r["train_images_per_s"]
+        lines.append(f"| {r['workload']} | training throughput, images/s | {ips['rnp']:.0f} | {ips['baseline'] or 0:.0f} | |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
