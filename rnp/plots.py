@@ -59,14 +59,17 @@ def masks_png(masks: dict[str, torch.Tensor], threshold: float | None = None) ->
     return _png(fig)
 
 
-def curve_png(rows: list[dict], x: str, selected: int, oracle: int) -> bytes:
+def curve_png(rows: list[dict], x: str, selected: int | None, oracle: int) -> bytes:
     """CA and ASR along the pruning sweep, with the chosen and the oracle points marked."""
     xs = [r[x] for r in rows]
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     ax.plot(xs, [100 * r["ca"] for r in rows], "o-", ms=3, label="clean accuracy (CA)")
     ax.plot(xs, [100 * r["asr"] for r in rows], "s-", ms=3, label="attack success (ASR)")
     ax.plot(xs, [100 * r["holdout_acc"] for r in rows], ":", color="grey", label="held-out defense acc")
-    ax.axvline(xs[selected], color="tab:green", lw=1.2, label=f"selected {x}={xs[selected]:g}")
+    if selected is None:
+        ax.plot([], [], color="tab:green", label="selected: nothing (every point over the clean budget)")
+    else:
+        ax.axvline(xs[selected], color="tab:green", lw=1.2, label=f"selected {x}={xs[selected]:g}")
     ax.axvline(xs[oracle], color="tab:red", lw=1, ls="--", label=f"oracle {x}={xs[oracle]:g}")
     ax.set_xlabel("mask threshold" if x == "threshold" else "channels pruned")
     ax.set_ylabel("%")

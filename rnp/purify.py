@@ -126,12 +126,16 @@ def defend(
     selected = select_auto([r["holdout_acc"] for r in curve], base, cfg.prune.max_clean_drop)
 
     # 4) prune, unless nothing points at a backdoor
-    prune = detection.backdoored or force
+    prune = (detection.backdoored or force) and selected is not None
     if prune:
         original_weights = {n: layer.weight.detach().clone() for n, layer in layers.items()}
         apply_pruning(layers, original_weights, pruning_sets(masks, cfg.prune.sweep, points)[selected])
-    chosen = curve[selected] if prune else curve[0]
+    chosen = curve[selected] if prune else {"pruned": 0, "threshold": None, "holdout_acc": base}
     verdict = (
+        "every pruning point costs more held-out clean accuracy than prune.max_clean_drop: nothing pruned; "
+        if (detection.backdoored or force) and selected is None
+        else ""
+    ) + (
         f"backdoor suspected: unlearning sends {detection.score:.0%} of other classes' clean images to class {detection.target}"
         if detection.backdoored
         else f"no evidence of a backdoor (unlearning left {detection.unlearned_acc:.0%} clean accuracy; at most {detection.score:.0%} of other classes' images go to one class)"

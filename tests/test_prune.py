@@ -68,7 +68,7 @@ def test_sweep_points():
 
 def test_select_auto_stops_before_the_first_drop_beyond_budget():
     assert select_auto([1.0, 0.99, 0.98, 0.90, 0.99], base_acc=1.0, max_clean_drop=0.02) == 2
-    assert select_auto([0.5, 0.4], base_acc=1.0, max_clean_drop=0.02) == 0
+    assert select_auto([0.5, 0.4], base_acc=1.0, max_clean_drop=0.02) is None  # nothing affordable: prune nothing
     assert select_auto([1.0, 1.0, 1.0], base_acc=1.0, max_clean_drop=0.0) == 2
 
 

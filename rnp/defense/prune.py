@@ -92,14 +92,15 @@ def sweep_curve(
     return rows
 
 
-def select_auto(holdout_acc: list[float], base_acc: float, max_clean_drop: float) -> int:
+def select_auto(holdout_acc: list[float], base_acc: float, max_clean_drop: float) -> int | None:
     """Index of the last point before the first one whose clean held-out accuracy drops by more than max_clean_drop.
 
     Sees clean defense data only. Stopping at the first violation keeps the choice
     on the flat part of the curve, where the backdoor channels are already gone
-    and the clean ones are not yet.
+    and the clean ones are not yet. None when even the first point costs too much:
+    then nothing is pruned, rather than returning a model the defender cannot use.
     """
-    chosen = 0
+    chosen = None
     for i, acc in enumerate(holdout_acc):
         if base_acc - acc > max_clean_drop + 1e-9:
             break

@@ -89,4 +89,4 @@ def run(cfg: Config, model_path: Path, arch: str, data: str, out: Path, defense_
 
 def _curve_png(curve: list[dict], report: dict) -> bytes:
     rows = [{**r, "ca": r["holdout_acc"], "asr": float("nan")} for r in curve]
-    return curve_png(rows, "threshold", report["selected"], report["selected"])
+    return curve_png(rows, "threshold", report["selected"], report["selected"] or 0)

@@ -67,8 +67,12 @@ def run(cfg: Config, poison_dir: Path, train_dir: Path, recover_dir: Path, out: 
     else:
         selected = points.index(p.threshold if p.sweep == "threshold" else min(p.number, points[-1]))
     oracle = oracle_point(curve, p.oracle_max_asr)
-    chosen_point, oracle_pt = curve[selected], curve[oracle]
-    apply_pruning(layers, {n: l.weight.detach().clone() for n, l in layers.items()}, pruning_sets(masks, p.sweep, points)[selected])
+    oracle_pt = curve[oracle]
+    if selected is None:  # every point costs more clean accuracy than allowed: keep the model unpruned
+        chosen_point = PrunePoint(-1.0, 0, base_holdout, before["ca"], before["asr"], before["ra"])
+    else:
+        chosen_point = curve[selected]
+        apply_pruning(layers, {n: l.weight.detach().clone() for n, l in layers.items()}, pruning_sets(masks, p.sweep, points)[selected])
 
     metrics = {
         "ca": chosen_point.ca,
@@ -90,7 +94,7 @@ def run(cfg: Config, poison_dir: Path, train_dir: Path, recover_dir: Path, out: 
         w.write("model.safetensors", model_bytes(model, spec, {"params": cfg.to_dict(), "stage": "prune", "pruned": chosen_point.pruned, "threshold": chosen_point.threshold}))
         w.write("curve.csv", csv_bytes(rows))
         w.write("curve.png", curve_png(rows, x, selected, oracle))
-        w.write("masks.png", masks_png(masks, chosen_point.threshold))
+        w.write("masks.png", masks_png(masks, chosen_point.threshold if selected is not None else None))
         w.write("metrics.json", json_bytes(metrics))
     say(
         f"prune: {p.select} {x} {getattr(chosen_point, x):g} ({chosen_point.pruned} channels): "
