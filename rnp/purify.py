@@ -18,8 +18,7 @@ from torch import nn
 
 from .config import Config
 from .data import DeviceData, ImageSet
-from .defense import mask_layers, pruning_sets, recover, select_auto, sweep_curve, sweep_points, unlearn
-from .defense.prune import apply_pruning
+from .defense import mask_layers, prune_at, recover, resolve_mask_on, select_auto, sweep_curve, sweep_points, unlearn
 from .errors import RnpError
 from .metrics import accuracy
 from .training import seeded_generator
@@ -114,8 +113,8 @@ def defend(
     detection = detect_target(unlearned, every, num_classes, last["acc"])
 
     # 2) recover masks on the unlearned model
-    masks = recover(unlearned, fit, cfg.recover, cfg.augment, seeded_generator(cfg.seed), mask_on=mask_on)
-    kind = next(k for k in ("bn", "norm", "conv") if set(mask_layers(original, k)) == set(masks)) if mask_on == "auto" else mask_on
+    kind = resolve_mask_on(original, mask_on)
+    masks = recover(unlearned, fit, cfg.recover, cfg.augment, seeded_generator(cfg.seed), mask_on=kind)
 
     # 3) sweep the original model, measuring held-out clean accuracy only
     purified = copy.deepcopy(original)
@@ -128,8 +127,7 @@ def defend(
     # 4) prune, unless nothing points at a backdoor
     prune = (detection.backdoored or force) and selected is not None
     if prune:
-        original_weights = {n: layer.weight.detach().clone() for n, layer in layers.items()}
-        apply_pruning(layers, original_weights, pruning_sets(masks, cfg.prune.sweep, points)[selected])
+        prune_at(layers, masks, cfg.prune.sweep, points[selected])
     chosen = curve[selected] if prune else {"pruned": 0, "threshold": None, "holdout_acc": base}
     verdict = (
         "every pruning point costs more held-out clean accuracy than prune.max_clean_drop: nothing pruned; "

@@ -72,9 +72,6 @@ class AttackContext:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train.images.shape[1:])
 
-    def device_data(self, images: ImageSet | None = None) -> DeviceData:
-        return DeviceData(images or self.train, self.mean, self.std, torch.device("cpu"))
-
     @cached_property
     def surrogate(self) -> nn.Module:
         """A clean model of `attack.surrogate_arch`, trained by the attacker (trojan, lc)."""
@@ -84,7 +81,8 @@ class AttackContext:
         torch.manual_seed(self.seed + 2)
         spec = ModelSpec(self.params.surrogate_arch, self.num_classes, self.image_shape, self.mean, self.std)
         model = create_model(spec)
-        fit(model, self.device_data(), TrainParams(epochs=self.params.surrogate_epochs), AugmentParams(), torch.Generator().manual_seed(self.seed + 3))
+        data = DeviceData(self.train, self.mean, self.std, torch.device("cpu"))
+        fit(model, data, TrainParams(epochs=self.params.surrogate_epochs), AugmentParams(), torch.Generator().manual_seed(self.seed + 3))
         return model.eval()
 
 

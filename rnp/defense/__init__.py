@@ -5,8 +5,8 @@ recover  -> learn a [0, 1] mask per BatchNorm channel on the unlearned model
 prune    -> zero the BN weights of low-mask channels in the original model
 """
 
-from .prune import PrunePoint, apply_pruning, oracle_point, pruning_sets, select_auto, sweep_curve, sweep_points
-from .recover import MASK_ON, attach_masks, bn_layers, mask_layers, recover
+from .prune import PrunePoint, apply_pruning, oracle_point, prune_at, pruning_sets, select_auto, sweep_curve, sweep_points
+from .recover import MASK_ON, attach_masks, bn_layers, mask_layers, recover, resolve_mask_on
 from .unlearn import unlearn
 
 __all__ = [
@@ -15,9 +15,11 @@ __all__ = [
     "attach_masks",
     "bn_layers",
     "mask_layers",
+    "resolve_mask_on",
     "MASK_ON",
     "pruning_sets",
     "apply_pruning",
+    "prune_at",
     "select_auto",
     "oracle_point",
     "sweep_curve",

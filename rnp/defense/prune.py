@@ -9,7 +9,7 @@ from torch import nn
 from ..config import PruneParams
 from .recover import channel_view
 
-__all__ = ["PrunePoint", "pruning_sets", "apply_pruning", "sweep_curve", "sweep_points", "select_auto", "oracle_point"]
+__all__ = ["PrunePoint", "pruning_sets", "apply_pruning", "prune_at", "sweep_curve", "sweep_points", "select_auto", "oracle_point"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,12 @@ def apply_pruning(layers: dict[str, nn.Module], original: dict[str, torch.Tensor
     for name, prune in chosen.items():
         w = original[name]
         layers[name].weight.copy_(w.masked_fill(channel_view(prune.to(w.device), w), 0.0))
+
+
+def prune_at(layers: dict[str, nn.Module], masks: dict[str, torch.Tensor], sweep: str, point: float) -> None:
+    """Prune the (unpruned) layers in place at one sweep point: the chosen point, after a sweep."""
+    original = {name: layer.weight.detach().clone() for name, layer in layers.items()}
+    apply_pruning(layers, original, pruning_sets(masks, sweep, [point])[0])
 
 
 def sweep_points(p: PruneParams, total_channels: int) -> list[float]:

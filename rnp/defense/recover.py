@@ -11,7 +11,7 @@ from ..config import AugmentParams, RecoverParams
 from ..data import DeviceData
 from ..training import EpochStats, run_epoch
 
-__all__ = ["ChannelMask", "MASK_ON", "bn_layers", "mask_layers", "channel_view", "attach_masks", "recover"]
+__all__ = ["ChannelMask", "MASK_ON", "bn_layers", "mask_layers", "resolve_mask_on", "channel_view", "attach_masks", "recover"]
 
 MASK_ON = ("auto", "bn", "norm", "conv")
 NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
@@ -49,11 +49,7 @@ def mask_layers(model: nn.Module, on: str = "bn") -> dict[str, nn.Module]:
     layer (BatchNorm, GroupNorm, LayerNorm); conv: the output channels of every convolution,
     for models without normalisation; auto: bn if there is any, else norm, else conv.
     """
-    if on == "auto":
-        for kind in ("bn", "norm", "conv"):
-            if layers := mask_layers(model, kind):
-                return layers
-        return {}
+    on = resolve_mask_on(model, on)
     if on == "bn":
         return bn_layers(model)
     if on == "norm":
@@ -61,6 +57,13 @@ def mask_layers(model: nn.Module, on: str = "bn") -> dict[str, nn.Module]:
     if on == "conv":
         return {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)}
     raise ValueError(f"mask_on must be one of {', '.join(MASK_ON)}, got {on!r}")
+
+
+def resolve_mask_on(model: nn.Module, on: str) -> str:
+    """`auto` -> the first of bn, norm, conv that the model has layers for; any other kind unchanged."""
+    if on != "auto":
+        return on
+    return next((kind for kind in ("bn", "norm", "conv") if mask_layers(model, kind)), "conv")
 
 
 def attach_masks(model: nn.Module, on: str = "bn") -> dict[str, nn.Parameter]:

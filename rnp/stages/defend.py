@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..config import Config
-from ..data import load_dataset
+from ..data import DeviceData, load_dataset
 from ..purify import defend
 from ..errors import RnpError
 from ..io import StageWriter, csv_bytes, json_bytes, tensors_bytes
@@ -69,8 +69,6 @@ def run(cfg: Config, model_path: Path, arch: str, data: str, out: Path, defense_
     purified, report = defend(model, clean.images, clean.labels, mean_v, std_v, classes, cfg, device, mask_on, force)
     report["seconds"] = round(time.perf_counter() - start, 2)
     if evaluation is not None:  # clean test accuracy, for the person reading the report
-        from ..data import DeviceData
-
         test = DeviceData(evaluation, mean_v, std_v, torch.device("cpu"))
         report["test_acc_before"], report["test_acc_after"] = accuracy(model, test), accuracy(purified, test)
     masks, curve = report.pop("masks"), report.pop("curve")

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..config import Config
-from ..defense import PrunePoint, apply_pruning, mask_layers, oracle_point, pruning_sets, select_auto, sweep_curve, sweep_points
+from ..defense import PrunePoint, mask_layers, oracle_point, prune_at, select_auto, sweep_curve, sweep_points
 from ..errors import RnpError
 from ..io import StageWriter, csv_bytes, json_bytes, load_tensors
 from ..metrics import accuracy, attack_metrics, der
@@ -72,7 +72,7 @@ def run(cfg: Config, poison_dir: Path, train_dir: Path, recover_dir: Path, out: 
         chosen_point = PrunePoint(-1.0, 0, base_holdout, before["ca"], before["asr"], before["ra"])
     else:
         chosen_point = curve[selected]
-        apply_pruning(layers, {n: l.weight.detach().clone() for n, l in layers.items()}, pruning_sets(masks, p.sweep, points)[selected])
+        prune_at(layers, masks, p.sweep, points[selected])
 
     metrics = {
         "ca": chosen_point.ca,
