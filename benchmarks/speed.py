@@ -4,6 +4,7 @@
     python -m benchmarks.speed --workload b        # digits32 with ResNet-18
     python -m benchmarks.speed --workload c        # synthetic CIFAR-10 shapes, ResNet-18 (for a GPU)
     python -m benchmarks.speed --workload tiny     # seconds: what the test suite runs
+    --precision fp32,bf16                          # rnp once per precision (default both), the baseline in fp32
 
 The baseline is written the way the reference implementation works: a torch
 DataLoader over a per-sample dataset with torchvision transforms (PIL, crop,
@@ -27,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
+from rnp.compute import Compute, resolve_compute
 from rnp.config import AugmentParams, PruneParams, RecoverParams, TrainParams, UnlearnParams
 from rnp.data import DeviceData, ImageSet
 from rnp.defense import attach_masks, mask_layers, pruning_sets, recover, sweep_curve, sweep_points, unlearn
@@ -169,12 +171,13 @@ def run_baseline(w: Workload, sets: dict, spec: ModelSpec) -> dict:
 # --- rnp -------------------------------------------------------------------------------
 
 
-def run_rnp(w: Workload, sets: dict, spec: ModelSpec, device: torch.device) -> dict:
-    t, on = {}, lambda k: DeviceData(sets[k], (MEAN,) * w.shape[0], (STD,) * w.shape[0], device)  # noqa: E731
+def run_rnp(w: Workload, sets: dict, spec: ModelSpec, compute: Compute) -> tuple[dict, int]:
+    """Seconds per stage, and how many of the sweep's points pruned a distinct set (each is measured once)."""
+    t, on = {}, lambda k: DeviceData(sets[k], (MEAN,) * w.shape[0], (STD,) * w.shape[0], compute)  # noqa: E731
     train, defense, test, poison, holdout = (on(k) for k in ("train", "defense", "test", "poison", "holdout"))
     augment = AugmentParams(crop_padding=w.crop)
     torch.manual_seed(0)
-    model = create_model(spec).to(device)
+    model = compute.place(create_model(spec))
     start = time.perf_counter()
     fit(model, train, TrainParams(epochs=w.train_epochs, batch_size=128), augment, seeded_generator(0))
     t["train"] = time.perf_counter() - start
@@ -190,16 +193,17 @@ def run_rnp(w: Workload, sets: dict, spec: ModelSpec, device: torch.device) -> d
 
     start = time.perf_counter()
     model.eval()
-    sweep_curve(mask_layers(model, "bn"), masks, "threshold", sweep_points(PruneParams(), 0),
-                lambda: {"holdout": accuracy(model, holdout), "ca": accuracy(model, test), "asr": accuracy(model, poison)})
+    rows = sweep_curve(mask_layers(model, "bn"), masks, "threshold", sweep_points(PruneParams(), 0),
+                       lambda: {"holdout": accuracy(model, holdout), "ca": accuracy(model, test), "asr": accuracy(model, poison)})
     t["prune"] = time.perf_counter() - start
-    return t
+    return t, len({r["pruned"] for r in rows})  # the sweep measures each distinct pruning set once
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workload", choices=list(WORKLOADS), default="a")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="fp32,bf16", help="comma-separated precisions rnp runs in (fp32, bf16, auto)")
     ap.add_argument("--json", help="also write the figures here (default: benchmarks/results/speed_<workload>.json)")
     ap.add_argument("--readme", action="store_true", help="rewrite the README's speed table from every saved result")
     args = ap.parse_args(argv)
@@ -207,48 +211,58 @@ def main(argv: list[str] | None = None) -> dict:
     sets = {"train": synthetic(w, w.n_train, 1), "defense": synthetic(w, w.n_defense, 2), "holdout": synthetic(w, w.n_defense // 2, 3),
             "test": synthetic(w, w.n_test, 4), "poison": synthetic(w, w.n_test * 9 // 10, 5)}
     spec = ModelSpec(w.arch, 10, w.shape, (MEAN,) * w.shape[0], (STD,) * w.shape[0])
-    device = torch.device(args.device)
     warm = create_model(spec)  # first-call costs (allocator, kernels) are paid here, not by whichever side runs first
     nn.functional.cross_entropy(warm(torch.zeros(8, *w.shape)), torch.zeros(8, dtype=torch.long)).backward()
-    ours = run_rnp(w, sets, spec, device)
+    runs = {p: run_rnp(w, sets, spec, resolve_compute(args.device, p)) for p in args.precision.split(",")}
+    ours, distinct = {p: t for p, (t, _) in runs.items()}, {p: n for p, (_, n) in runs.items()}
     base = run_baseline(w, sets, spec) if args.device == "cpu" or w.name != "c" else {}
-    print(f"{w.name} on {device} ({torch.get_num_threads()} threads)")
-    print(f"{'stage':<10}{'rnp s':>10}{'baseline s':>12}{'speed-up':>10}")
-    for stage in ours:
-        b = base.get(stage)
-        print(f"{stage:<10}{ours[stage]:>10.2f}{(b or float('nan')):>12.2f}{(b / ours[stage] if b else float('nan')):>9.1f}x")
-    defense_ours = ours["unlearn"] + ours["recover"] + ours["prune"]
-    defense_base = sum(base.get(k, float("nan")) for k in ("unlearn", "recover", "prune"))
-    print(f"{'defense':<10}{defense_ours:>10.2f}{defense_base:>12.2f}{defense_base / defense_ours:>9.1f}x")
-    print(f"training throughput: rnp {w.n_train * w.train_epochs / ours['train']:.0f} images/s"
-          + (f", baseline {w.n_train * w.train_epochs / base['train']:.0f} images/s (with its per-epoch evaluation)" if base else ""))
-    result = {"workload": w.name, "device": str(device), "threads": torch.get_num_threads(), "rnp": ours, "baseline": base,
-              "train_images_per_s": {"rnp": w.n_train * w.train_epochs / ours["train"],
-                                     "baseline": w.n_train * w.train_epochs / base["train"] if base else None}}
+    result = {"workload": w.name, "device": args.device, "threads": torch.get_num_threads(), "cpu": cpu_name(),
+              "n_train": w.n_train * w.train_epochs, "rnp": ours, "baseline": base,
+              "distinct_points": distinct}
+    print(f"{w.name} on {args.device} ({result['cpu']}, {result['threads']} threads)")
+    print(speed_table([result]))
     path = Path(args.json) if args.json else RESULTS / f"speed_{args.workload}.json"
     if args.workload != "tiny" or args.json:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2))
     if args.readme:
-        write_readme(speed_table(sorted(RESULTS.glob("speed_*.json"))), ROOT / "README.md", "speed")
+        write_readme(speed_table([json.loads(p.read_text()) for p in sorted(RESULTS.glob("speed_*.json"))]), ROOT / "README.md", "speed")
     return result
 
 
-def speed_table(paths: list[Path]) -> str:
-    lines = ["| workload | stage | rnp s | baseline s | speed-up |", "|---|---|---:|---:|---:|"]
-    for path in paths:
-        r = json.loads(path.read_text())
-        rows = dict(r["rnp"])
-        rows["defense (unlearn + recover + prune)"] = sum(r["rnp"][k] for k in ("unlearn", "recover", "prune"))
+def cpu_name() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown CPU"
+
+
+DEFENSE = ("unlearn", "recover", "prune")
+
+
+def speed_table(results: list[dict]) -> str:
+    """One markdown row per workload and stage: seconds per rnp precision, the baseline's, and the speed-ups."""
+    precisions = list(dict.fromkeys(p for r in results for p in r["rnp"]))
+    head = ["workload", "stage", *(f"rnp {p} s" for p in precisions), "baseline s", *(f"speed-up {p}" for p in precisions)]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+
+    def row(workload, stage, ours: dict, base, fmt=".1f", ratio=True):
+        cells = [f"{ours[p]:{fmt}}" if p in ours else "—" for p in precisions] + [f"{base:{fmt}}" if base else "—"]
+        cells += [(f"**{base / ours[p]:.1f}×**" if ratio else f"{ours[p] / base:.1f}×") if base and p in ours else "—" for p in precisions]
+        lines.append(f"| {workload} | {stage} | " + " | ".join(cells) + " |")
+
+    for r in results:
         base = dict(r["baseline"])
         if base:
-            base["defense (unlearn + recover + prune)"] = sum(base[k] for k in ("unlearn", "recover", "prune"))
-        for stage, ours in rows.items():
-            b = base.get(stage)
-            lines.append(f"| {r['workload']} ({r['device']}, {r['threads']} threads) | {stage} | {ours:.1f} | "
-                         f"{b:.1f} | **{b / ours:.1f}×** |" if b else f"| {r['workload']} | {stage} | {ours:.1f} | — | — |")
-        ips = r["train_images_per_s"]
-        lines.append(f"| {r['workload']} | training throughput, images/s | {ips['rnp']:.0f} | {ips['baseline'] or 0:.0f} | |")
+            base["defense"] = sum(base[k] for k in DEFENSE)
+        stages = {p: {**t, "defense": sum(t[k] for k in DEFENSE)} for p, t in r["rnp"].items()}
+        distinct = ", ".join(f"{p} {n}" for p, n in r.get("distinct_points", {}).items())
+        for stage in ("train", *DEFENSE, "defense"):
+            label = "**defense** (unlearn + recover + prune)" if stage == "defense" else stage
+            label += f" (distinct points: {distinct})" if stage == "prune" and distinct else ""
+            row(r["workload"], label, {p: t[stage] for p, t in stages.items()}, base.get(stage))
+        ips = {p: r["n_train"] / t["train"] for p, t in r["rnp"].items()}
+        row(r["workload"], "training, images/s", ips, r["n_train"] / base["train"] if base else None, ".0f", ratio=False)
     return "\n".join(lines)
 
 

@@ -252,6 +252,7 @@ class PruneParams:
 class Config:
     seed: int = 0  # seeds poisoning, initialisation and batch order
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
+    precision: str = "auto"  # auto (bf16 on a CUDA GPU, else fp32) | fp32 | bf16 (fast on GPUs and AMX CPUs)
     data: DataParams = field(default_factory=DataParams)
     attack: AttackParams = field(default_factory=AttackParams)
     model: ModelParams = field(default_factory=ModelParams)
@@ -264,6 +265,7 @@ class Config:
     def check(self) -> None:
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             _bad("device", "must be auto, cpu, cuda, cuda:N or mps", self.device)
+        _one_of(self, "precision", ("auto", "fp32", "bf16"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

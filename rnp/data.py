@@ -13,6 +13,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from .compute import Compute
 from .registry import Registry
 
 __all__ = [
@@ -113,9 +114,14 @@ def random_flip(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 class DeviceData:
-    """A split held on the device as uint8; yields normalised float batches."""
+    """A split held on the device as uint8; yields normalised float batches in the compute's memory format.
 
-    def __init__(self, data: ImageSet, mean, std, device: torch.device):
+    `compute.autocast()` is the context the model's forward passes on these batches run in.
+    """
+
+    def __init__(self, data: ImageSet, mean, std, device: torch.device | str | Compute):
+        self.compute = device if isinstance(device, Compute) else Compute(torch.device(device))
+        device = self.compute.device
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
@@ -125,7 +131,7 @@ class DeviceData:
         return self.images.shape[0]
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() / 255.0 - self.mean) / self.std
+        return self.compute.batch((images.float() / 255.0 - self.mean) / self.std)
 
     def batches(
         self,

@@ -11,10 +11,11 @@ __all__ = ["predict", "accuracy", "attack_metrics", "der"]
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, data: DeviceData, batch_size: int = 1024) -> torch.Tensor:
+def predict(model: nn.Module, data: DeviceData, batch_size: int | None = None) -> torch.Tensor:
     was_training = model.training
     model.eval()
-    preds = torch.cat([model(x).argmax(1) for x, _ in data.batches(batch_size)])
+    with data.compute.autocast():
+        preds = torch.cat([model(x).argmax(1) for x, _ in data.batches(batch_size or data.compute.eval_batch_size)])
     model.train(was_training)
     return preds
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .compute import Compute
 from .config import Config
 from .data import DeviceData, ImageSet
 from .defense import mask_layers, prune_at, recover, resolve_mask_on, select_auto, sweep_curve, sweep_points, unlearn
@@ -88,7 +89,7 @@ def defend(
     std: tuple[float, ...],
     num_classes: int,
     cfg: Config | None = None,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | Compute = "cpu",
     mask_on: str = "auto",
     force: bool = False,
 ) -> tuple[nn.Module, dict]:
@@ -98,13 +99,13 @@ def defend(
     """
     cfg = cfg or Config()
     check_clean_data(labels, num_classes)
-    device = torch.device(device)
+    compute = device if isinstance(device, Compute) else Compute(torch.device(device))
     data = ImageSet(images, labels.long())
     fit_set, holdout_set = split_holdout(data, cfg.data.defense_holdout, cfg.data.defense_seed)
     if len(holdout_set) == 0:
         holdout_set = fit_set
-    fit, holdout, every = (DeviceData(s, mean, std, device) for s in (fit_set, holdout_set, data))
-    original = copy.deepcopy(model).to(device).eval()
+    fit, holdout, every = (DeviceData(s, mean, std, compute) for s in (fit_set, holdout_set, data))
+    original = compute.place(copy.deepcopy(model)).eval()
     torch.manual_seed(cfg.seed)
 
     # 1) unlearn, and read the backdoor target off the unlearned model

@@ -45,8 +45,9 @@ def run_epoch(
     correct = torch.zeros((), device=data.images.device, dtype=torch.long)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     for x, y in data.batches(batch_size, gen, augment.crop_padding, augment.flip):
-        logits = model(x)
-        loss = nn.functional.cross_entropy(logits, y)
+        with data.compute.autocast():
+            logits = model(x)
+        loss = nn.functional.cross_entropy(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         (loss_scale * loss).backward()
         if clip_grad_norm > 0:

@@ -168,5 +168,6 @@ def test_speed_benchmark_runs_on_a_tiny_workload(capsys):
 
     result = speed(["--workload", "tiny"])
     out = capsys.readouterr().out
-    assert set(result["rnp"]) == set(result["baseline"]) == {"train", "unlearn", "recover", "prune"}
-    assert "speed-up" in out and "defense" in out and "images/s" in out
+    assert set(result["rnp"]) == {"fp32", "bf16"}
+    assert set(result["rnp"]["fp32"]) == set(result["rnp"]["bf16"]) == set(result["baseline"]) == {"train", "unlearn", "recover", "prune"}
+    assert "speed-up fp32" in out and "speed-up bf16" in out and "defense" in out and "images/s" in out

@@ -10,12 +10,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..compute import Compute, resolve_compute, resolve_device
 from ..data import DeviceData, ImageSet
 from ..errors import RnpError
 from ..io import load_tensors, tensors_bytes
 from ..models import ModelSpec
 
-__all__ = ["DataInfo", "resolve_device", "seed_everything", "imageset_bytes", "load_imageset", "progress", "say"]
+__all__ = ["DataInfo", "resolve_compute", "resolve_device", "seed_everything", "imageset_bytes", "load_imageset", "progress", "say"]
 
 
 @dataclass(frozen=True)
@@ -29,20 +30,8 @@ class DataInfo:
     def model_spec(self, arch: str) -> ModelSpec:
         return ModelSpec(arch, self.num_classes, self.input_shape, self.mean, self.std)
 
-    def on(self, data: ImageSet, device: torch.device) -> DeviceData:
+    def on(self, data: ImageSet, device: torch.device | Compute) -> DeviceData:
         return DeviceData(data, self.mean, self.std, device)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RnpError(f"device {name!r} asked for in params, but no CUDA device is available")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:

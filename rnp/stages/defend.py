@@ -17,7 +17,7 @@ from ..models import ModelSpec, model_bytes
 from ..plots import curve_png
 from ..poisoning import split_test
 from ..untrusted import load_untrusted
-from ._common import resolve_device, say, seed_everything
+from ._common import resolve_compute, say, seed_everything
 
 __all__ = ["run", "clean_data"]
 
@@ -62,11 +62,11 @@ def run(cfg: Config, model_path: Path, arch: str, data: str, out: Path, defense_
         raise RnpError(f"--mean/--std need {channels} values (the images have {channels} channels)")
     spec = ModelSpec(arch, classes, tuple(clean.images.shape[1:]), mean_v, std_v)
     model = load_untrusted(model_path, spec)
-    device = resolve_device(cfg.device)
+    compute = resolve_compute(cfg.device, cfg.precision)
     seed_everything(cfg.seed)
 
     start = time.perf_counter()
-    purified, report = defend(model, clean.images, clean.labels, mean_v, std_v, classes, cfg, device, mask_on, force)
+    purified, report = defend(model, clean.images, clean.labels, mean_v, std_v, classes, cfg, compute, mask_on, force)
     report["seconds"] = round(time.perf_counter() - start, 2)
     if evaluation is not None:  # clean test accuracy, for the person reading the report
         test = DeviceData(evaluation, mean_v, std_v, torch.device("cpu"))

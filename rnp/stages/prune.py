@@ -14,7 +14,7 @@ from ..io import StageWriter, csv_bytes, json_bytes, load_tensors
 from ..metrics import accuracy, attack_metrics, der
 from ..models import load_model, model_bytes
 from ..plots import curve_png, masks_png
-from ._common import load_imageset, progress, resolve_device, say
+from ._common import load_imageset, progress, resolve_compute, say
 
 __all__ = ["run", "load_masks"]
 
@@ -41,9 +41,9 @@ def run(cfg: Config, poison_dir: Path, train_dir: Path, recover_dir: Path, out: 
     trig_set, _, extra = load_imageset(poison_dir / "test_poison.safetensors", "targets")
     model, spec, _ = load_model(train_dir / "model.safetensors", hint=" (run the train stage first: dvc repro train)")
     masks, layers = load_masks(recover_dir / "masks.safetensors", model)
-    device = resolve_device(cfg.device)
-    model.to(device).eval()
-    holdout, test, triggered = info.on(holdout_set, device), info.on(test_set, device), info.on(trig_set, device)
+    compute = resolve_compute(cfg.device, cfg.precision)
+    compute.place(model).eval()
+    holdout, test, triggered = info.on(holdout_set, compute), info.on(test_set, compute), info.on(trig_set, compute)
     targets = extra["targets"]
 
     # 1) the unpruned model
@@ -84,6 +84,8 @@ def run(cfg: Config, poison_dir: Path, train_dir: Path, recover_dir: Path, out: 
         "ca_before": before["ca"],
         "asr_before": before["asr"],
         "ra_before": before["ra"],
+        "holdout_acc_before": base_holdout,
+        "holdout_size": len(holdout_set),
         "oracle_threshold": oracle_pt.threshold,
         "oracle_pruned": oracle_pt.pruned,
         "oracle_ca": oracle_pt.ca,

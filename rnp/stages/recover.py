@@ -13,7 +13,7 @@ from ..io import StageWriter, csv_bytes, json_bytes, tensors_bytes
 from ..models import load_model
 from ..plots import masks_png
 from ..training import seeded_generator
-from ._common import load_imageset, progress, resolve_device, say, seed_everything
+from ._common import load_imageset, progress, resolve_compute, say, seed_everything
 
 __all__ = ["run"]
 
@@ -21,10 +21,10 @@ __all__ = ["run"]
 def run(cfg: Config, poison_dir: Path, unlearn_dir: Path, out: Path) -> dict:
     defense_set, info, _ = load_imageset(poison_dir / "defense.safetensors")
     unlearned, spec, _ = load_model(unlearn_dir / "model.safetensors", hint=" (run the unlearn stage first: dvc repro unlearn)")
-    device = resolve_device(cfg.device)
+    compute = resolve_compute(cfg.device, cfg.precision)
     seed_everything(cfg.seed)
-    unlearned.to(device)
-    defense = info.on(defense_set, device)
+    compute.place(unlearned)
+    defense = info.on(defense_set, compute)
 
     history = []
     bar = progress(None, "recover", total=cfg.recover.epochs)

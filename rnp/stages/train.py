@@ -10,7 +10,7 @@ from ..io import StageWriter, csv_bytes, json_bytes
 from ..metrics import accuracy, attack_metrics
 from ..models import create_model, model_bytes
 from ..training import fit, seeded_generator
-from ._common import load_imageset, progress, resolve_device, say, seed_everything
+from ._common import load_imageset, progress, resolve_compute, say, seed_everything
 
 __all__ = ["run"]
 
@@ -19,11 +19,11 @@ def run(cfg: Config, poison_dir: Path, out: Path) -> dict:
     train_set, info, _ = load_imageset(poison_dir / "train.safetensors", "poisoned")
     test_set, _, _ = load_imageset(poison_dir / "test_clean.safetensors")
     trig_set, _, extra = load_imageset(poison_dir / "test_poison.safetensors", "targets")
-    device = resolve_device(cfg.device)
+    compute = resolve_compute(cfg.device, cfg.precision)
     seed_everything(cfg.seed)
     spec = info.model_spec(cfg.model.arch)
-    model = create_model(spec).to(device)
-    train, test, triggered = info.on(train_set, device), info.on(test_set, device), info.on(trig_set, device)
+    model = compute.place(create_model(spec))
+    train, test, triggered = info.on(train_set, compute), info.on(test_set, compute), info.on(trig_set, compute)
 
     p = cfg.train
     history, start = [], time.perf_counter()

@@ -11,7 +11,7 @@ from ..io import StageWriter, csv_bytes, json_bytes
 from ..metrics import accuracy, attack_metrics
 from ..models import load_model, model_bytes
 from ..training import seeded_generator
-from ._common import load_imageset, progress, resolve_device, say, seed_everything
+from ._common import load_imageset, progress, resolve_compute, say, seed_everything
 
 __all__ = ["run"]
 
@@ -21,10 +21,10 @@ def run(cfg: Config, poison_dir: Path, train_dir: Path, out: Path) -> dict:
     test_set, _, _ = load_imageset(poison_dir / "test_clean.safetensors")
     trig_set, _, extra = load_imageset(poison_dir / "test_poison.safetensors", "targets")
     model, spec, _ = load_model(train_dir / "model.safetensors", hint=" (run the train stage first: dvc repro train)")
-    device = resolve_device(cfg.device)
+    compute = resolve_compute(cfg.device, cfg.precision)
     seed_everything(cfg.seed)
-    model.to(device)
-    defense, test, triggered = info.on(defense_set, device), info.on(test_set, device), info.on(trig_set, device)
+    compute.place(model)
+    defense, test, triggered = info.on(defense_set, compute), info.on(test_set, compute), info.on(trig_set, compute)
 
     history = []
     bar = progress(None, "unlearn", total=cfg.unlearn.max_epochs)

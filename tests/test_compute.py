@@ -1,0 +1,85 @@
+"""precision: bf16 autocast and channels_last must speed things up without changing what is learnt or saved."""
+
+import pytest
+import torch
+
+from rnp.compute import Compute, resolve_compute
+from rnp.config import AugmentParams, RecoverParams
+from rnp.data import DeviceData, ImageSet
+from rnp.defense import recover
+from rnp.io import load_tensors
+from rnp.models import ModelSpec, create_model, load_model, model_bytes
+from rnp.stages import prune, recover as recover_stage, unlearn
+from rnp.training import run_epoch, seeded_generator
+
+from .conftest import make_config
+
+BF16 = Compute(torch.device("cpu"), bf16=True, channels_last=True)
+SPEC = ModelSpec("resnet18", 10, (3, 16, 16), (0.5,) * 3, (0.25,) * 3)
+
+
+def test_precision_resolution_on_cpu():
+    assert resolve_compute("cpu", "fp32") == Compute(torch.device("cpu"))
+    assert resolve_compute("cpu", "auto") == Compute(torch.device("cpu"))  # CPU results stay fp32 unless asked
+    assert resolve_compute("cpu", "bf16") == BF16
+
+
+def _data(n=64, seed=0) -> ImageSet:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    images = torch.randint(0, 256, (n, 3, 16, 16), generator=g, dtype=torch.uint8)
+    images[:, :, :4, :4] = (labels * 25).view(-1, 1, 1, 1).to(torch.uint8)
+    return ImageSet(images, labels)
+
+
+def test_bf16_runs_convolutions_in_bf16_and_keeps_fp32_state(tmp_path):
+    torch.manual_seed(0)
+    model = BF16.place(create_model(SPEC))
+    conv_dtypes = []
+    model.conv1.register_forward_hook(lambda m, i, o: conv_dtypes.append(o.dtype))
+    data = DeviceData(_data(), SPEC.mean, SPEC.std, BF16)
+    x, _ = next(data.batches(8))
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    stats = run_epoch(model, data, opt, 32, seeded_generator(0), AugmentParams())
+    assert conv_dtypes and set(conv_dtypes) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert torch.isfinite(torch.tensor(stats.loss))
+    # a channels_last model saves as plain contiguous tensors that load back identically
+    (tmp_path / "m.safetensors").write_bytes(model_bytes(model, SPEC))
+    loaded, _, _ = load_model(tmp_path / "m.safetensors")
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_bf16_masks_close_to_fp32_masks():
+    torch.manual_seed(0)
+    model = create_model(SPEC)
+    fp32 = recover(model, DeviceData(_data(), SPEC.mean, SPEC.std, "cpu"), RecoverParams(epochs=3), AugmentParams(), seeded_generator(0))
+    bf16 = recover(BF16.place(model), DeviceData(_data(), SPEC.mean, SPEC.std, BF16), RecoverParams(epochs=3), AugmentParams(), seeded_generator(0))
+    a, b = torch.cat(list(fp32.values())), torch.cat(list(bf16.values()))
+    assert (a < 1).sum() > 100  # the masks moved
+    assert (a - b).abs().mean() < 0.02, (a - b).abs().mean()
+    assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.95
+
+
+def test_bf16_defense_stages_purify_like_fp32(default_run, tmp_path):
+    """unlearn -> recover -> prune with precision bf16 on the default pipeline's backdoored model."""
+    cfg32, root, fp32 = default_run
+    cfg = make_config(precision="bf16")
+    poison, train = root / "poison", root / "train"
+    unlearn.run(cfg, poison, train, tmp_path / "unlearn")
+    recover_stage.run(cfg, poison, tmp_path / "unlearn", tmp_path / "recover")
+    m = prune.run(cfg, poison, train, tmp_path / "recover", tmp_path / "prune")
+    assert m["asr"] <= 0.05 and m["ca"] >= fp32["prune"]["ca"] - 0.03, m
+    masks, _ = load_tensors(tmp_path / "recover/masks.safetensors")
+    masks32, _ = load_tensors(root / "recover/masks.safetensors")
+    a, b = torch.cat(list(masks32.values())), torch.cat(list(masks.values()))
+    assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.9
+
+
+def test_bad_precision_is_one_line():
+    from rnp.errors import RnpError
+
+    with pytest.raises(RnpError, match="precision"):
+        make_config(precision="fp16")
