@@ -232,7 +232,8 @@ class PruneParams:
     max_number: int = 200  # number sweep: 0 .. max_number channels ...
     number_step: int = 10  # ... in this step
     select: str = "auto"  # auto: chosen on clean held-out defense data; fixed: use threshold / number below
-    max_clean_drop: float = 0.01  # auto: largest point whose held-out clean accuracy drops by at most this
+    max_clean_drop: float = 0.01  # auto: prune while held-out clean accuracy stays within this of the t = 0 point (or the unpruned model)
+    max_first_drop: float = 0.3  # auto: if t = 0 alone costs more held-out accuracy than this, prune nothing
     threshold: float = 0.20  # fixed, sweep=threshold
     number: int = 20  # fixed, sweep=number
     oracle_max_asr: float = 0.05  # oracle (reporting only): best test CA among points with ASR <= this
@@ -243,6 +244,7 @@ class PruneParams:
         _in_closed(self, "max_threshold", 0.0, 1.0)
         _in_closed(self, "threshold", 0.0, 1.0)
         _in_closed(self, "max_clean_drop", 0.0, 1.0)
+        _in_closed(self, "max_first_drop", 0.0, 1.0)
         _in_closed(self, "oracle_max_asr", 0.0, 1.0)
         _positive(self, "step", "number_step")
         _non_negative(self, "max_number", "number")

@@ -123,7 +123,7 @@ def defend(
     base = accuracy(purified, holdout)
     points = sweep_points(cfg.prune, sum(m.numel() for m in masks.values()))
     curve = sweep_curve(layers, masks, cfg.prune.sweep, points, lambda: {"holdout_acc": accuracy(purified, holdout)})
-    selected = select_auto([r["holdout_acc"] for r in curve], base, cfg.prune.max_clean_drop)
+    selected = select_auto([r["holdout_acc"] for r in curve], base, cfg.prune.max_clean_drop, cfg.prune.max_first_drop)
 
     # 4) prune, unless nothing points at a backdoor
     prune = (detection.backdoored or force) and selected is not None
@@ -131,7 +131,7 @@ def defend(
         prune_at(layers, masks, cfg.prune.sweep, points[selected])
     chosen = curve[selected] if prune else {"pruned": 0, "threshold": None, "holdout_acc": base}
     verdict = (
-        "every pruning point costs more held-out clean accuracy than prune.max_clean_drop: nothing pruned; "
+        "the minimal pruning (t = 0) costs more held-out clean accuracy than prune.max_first_drop: nothing pruned; "
         if (detection.backdoored or force) and selected is None
         else ""
     ) + (

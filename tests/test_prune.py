@@ -68,8 +68,13 @@ def test_sweep_points():
 
 def test_select_auto_stops_before_the_first_drop_beyond_budget():
     assert select_auto([1.0, 0.99, 0.98, 0.90, 0.99], base_acc=1.0, max_clean_drop=0.02) == 2
-    assert select_auto([0.5, 0.4], base_acc=1.0, max_clean_drop=0.02) is None  # nothing affordable: prune nothing
     assert select_auto([1.0, 1.0, 1.0], base_acc=1.0, max_clean_drop=0.0) == 2
+    # t = 0 costs 20 points: accepted up to max_first_drop, and the budget then counts from there
+    assert select_auto([0.8, 0.8, 0.79, 0.7], base_acc=1.0, max_clean_drop=0.01, max_first_drop=0.3) == 2
+    assert select_auto([0.5, 0.4], base_acc=1.0, max_clean_drop=0.02, max_first_drop=0.3) is None  # masks failed: prune nothing
+    assert select_auto([0.8, 0.8], base_acc=1.0, max_clean_drop=0.02, max_first_drop=0.1) is None
+    # a first point better than the unpruned model does not raise the bar
+    assert select_auto([1.0, 0.995, 0.985], base_acc=0.99, max_clean_drop=0.01) == 2
 
 
 def test_oracle_prefers_clean_accuracy_among_low_asr_points():

@@ -98,17 +98,23 @@ def sweep_curve(
     return rows
 
 
-def select_auto(holdout_acc: list[float], base_acc: float, max_clean_drop: float) -> int | None:
-    """Index of the last point before the first one whose clean held-out accuracy drops by more than max_clean_drop.
+def select_auto(holdout_acc: list[float], base_acc: float, max_clean_drop: float, max_first_drop: float = 1.0) -> int | None:
+    """The sweep point to prune at, from clean held-out accuracies only; None: prune nothing.
 
-    Sees clean defense data only. Stopping at the first violation keeps the choice
-    on the flat part of the curve, where the backdoor channels are already gone
-    and the clean ones are not yet. None when even the first point costs too much:
-    then nothing is pruned, rather than returning a model the defender cannot use.
+    The first point (t = 0: the channels recovery switched fully off) is RNP's minimal
+    pruning. If it alone costs more than `max_first_drop` of held-out accuracy, the masks
+    did not separate the backdoor from the clean features: None. Otherwise the choice is
+    the last point before the first whose accuracy falls more than `max_clean_drop` below
+    the lower of the unpruned model and that first point. Stopping at the first violation
+    keeps the choice on the flat part of the curve, where the backdoor channels are gone
+    and the clean ones are not yet.
     """
+    if not holdout_acc or base_acc - holdout_acc[0] > max_first_drop + 1e-9:
+        return None
+    anchor = min(base_acc, holdout_acc[0])
     chosen = None
     for i, acc in enumerate(holdout_acc):
-        if base_acc - acc > max_clean_drop + 1e-9:
+        if anchor - acc > max_clean_drop + 1e-9:
             break
         chosen = i
     return chosen

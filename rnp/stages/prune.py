@@ -63,7 +63,7 @@ def run(cfg: Config, poison_dir: Path, train_dir: Path, recover_dir: Path, out: 
 
     # 3) choose from clean held-out data only; the oracle looks at test data and is for reporting
     if p.select == "auto":
-        selected = select_auto([c.holdout_acc for c in curve], base_holdout, p.max_clean_drop)
+        selected = select_auto([c.holdout_acc for c in curve], base_holdout, p.max_clean_drop, p.max_first_drop)
     else:
         selected = points.index(p.threshold if p.sweep == "threshold" else min(p.number, points[-1]))
     oracle = oracle_point(curve, p.oracle_max_asr)
