@@ -1,9 +1,9 @@
 """Auto-threshold quality: the clean-only choice beside the oracle's, across attacks and architectures.
 
     python -m benchmarks.autothreshold                   # run missing cells, score, rewrite the README table
-    python -m benchmarks.autothreshold --archs small_cnn --attacks badnets blend --no-readme
+    python -m benchmarks.autothreshold --archs small_cnn --attacks badnets blend --seeds 0 1 2 --no-readme
 
-A cell is (data set x architecture, attack), seed 0. It runs the five stages of
+A cell is (data set x architecture, attack, seed). It runs the five stages of
 `dvc repro` once and keeps its pruning curve (held-out clean accuracy, CA and
 ASR at every threshold) in benchmarks/results/curves/. Selection only reads the
 held-out column and the unpruned model's held-out accuracy, so every rule is
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import tempfile
 import time
 from pathlib import Path
@@ -38,21 +39,29 @@ ROOT = Path(__file__).resolve().parents[1]
 CURVES = ROOT / "benchmarks" / "results" / "curves"
 SUMMARY = ROOT / "benchmarks" / "results" / "autothreshold.csv"
 
-# name -> overrides; digits32 runs ResNet-18 at the reference's unlearn/recover settings, in bf16 (3x on AMX)
+# name -> overrides. The digits32 (CIFAR geometry) cells use the reference's unlearn/recover
+# rates, 12 epochs and bf16 (3x on an AMX CPU); small_cnn is params.yaml as it stands.
+DIGITS32 = {"data.dataset": "digits32", "train.epochs": 12, "precision": "bf16", "attack.badnets.size": 3,
+            "attack.trojan.size": 5, "unlearn.lr": 0.01, "recover.lr": 0.2}
 SETTINGS = {
     "small_cnn": {},
-    "resnet18": {"data.dataset": "digits32", "model.arch": "resnet18", "train.epochs": 12, "precision": "bf16",
-                 "attack.badnets.size": 3, "attack.trojan.size": 5, "unlearn.lr": 0.01, "recover.lr": 0.2},
+    "resnet18": {**DIGITS32, "model.arch": "resnet18"},
+    "wrn16_1": {**DIGITS32, "model.arch": "wrn16_1"},
+    "mobilenet_v2": {**DIGITS32, "model.arch": "mobilenet_v2"},
 }
 PER_ATTACK = {"sig": {"attack.rate": 0.08}, "lc": {"attack.rate": 0.08}}
 ATTACKS = ["badnets", "blend", "trojan", "sig", "wanet", "lc", "iad", "adaptive_blend"]
 MAX_ASR, CA_SLACK = 0.05, 0.02
 
 
-def run_cell(arch: str, attack: str, params: dict) -> Path:
+def curve_path(arch: str, attack: str, seed: int) -> Path:
+    return CURVES / f"{arch}-{attack}{f'-seed{seed}' if seed else ''}.csv"
+
+
+def run_cell(arch: str, attack: str, seed: int, params: dict) -> Path:
     """Run the five stages for one cell and save its curve with the unpruned model's figures as a header row."""
-    path = CURVES / f"{arch}-{attack}.csv"
-    cfg = config_from_dict(with_overrides(params, {**SETTINGS[arch], **PER_ATTACK.get(attack, {}), "attack.name": attack}))
+    path = curve_path(arch, attack, seed)
+    cfg = config_from_dict(with_overrides(params, {**SETTINGS[arch], **PER_ATTACK.get(attack, {}), "attack.name": attack, "seed": seed}))
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         m = run_all(cfg, Path(tmp))
@@ -65,7 +74,7 @@ def run_cell(arch: str, attack: str, params: dict) -> Path:
         w = csv.DictWriter(f, fieldnames=list(before), extrasaction="ignore")
         w.writeheader()
         w.writerows([before, *rows])
-    print(f"{arch}-{attack}: {time.perf_counter() - start:.0f} s", flush=True)
+    print(f"{path.stem}: {time.perf_counter() - start:.0f} s", flush=True)
     return path
 
 
@@ -107,25 +116,40 @@ def markdown(rows: list[tuple[str, dict, dict]]) -> str:
     return "\n".join(lines)
 
 
+def budget_line(curves: list[tuple[dict, list[dict]]], max_first_drop: float) -> str:
+    """Hits and worst remaining ASR over the scored cells, for a few values of prune.max_clean_drop."""
+    parts = []
+    for budget in (0.01, 0.02, 0.03):
+        scored = [s for s in (score(b, c, (budget, max_first_drop)) for b, c in curves) if s["learnt"] and s["usable"]]
+        if scored:
+            worst = max(s["chosen"]["asr"] for s in scored)
+            parts.append(f"{budget:g}: {sum(s['hit'] for s in scored)}/{len(scored)} hits, worst ASR {100 * worst:.1f} %")
+    return "By `prune.max_clean_drop` (scored cells): " + "; ".join(parts) + "."
+
+
 def main(argv: list[str] | None = None) -> list[tuple[str, dict, dict]]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--archs", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--attacks", nargs="+", default=ATTACKS, choices=ATTACKS)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     ap.add_argument("--rerun", action="store_true", help="rerun cells whose curve is saved")
+    ap.add_argument("--score-only", action="store_true", help="score the saved curves; skip cells that have none")
     ap.add_argument("--no-readme", action="store_true")
     args = ap.parse_args(argv)
     params = yaml.safe_load(args.params.read_text())
     cfg = config_from_dict(params)
-    rows = []
-    for arch in args.archs:
-        for attack in args.attacks:
-            path = CURVES / f"{arch}-{attack}.csv"
-            if args.rerun or not path.exists():
-                run_cell(arch, attack, params)
-            before, curve = read_curve(path)
-            rows.append((f"{arch} × {attack}", before, score(before, curve, (cfg.prune.max_clean_drop, cfg.prune.max_first_drop))))
-    table = markdown(rows)
+    rows, curves = [], []
+    for arch, attack, seed in itertools.product(args.archs, args.attacks, args.seeds):
+        path = curve_path(arch, attack, seed)
+        if args.score_only and not path.exists():
+            continue
+        if args.rerun or not path.exists():
+            run_cell(arch, attack, seed, params)
+        before, curve = read_curve(path)
+        curves.append((before, curve))
+        rows.append((f"{arch} × {attack}" + (f", seed {seed}" if seed else ""), before, score(before, curve, (cfg.prune.max_clean_drop, cfg.prune.max_first_drop))))
+    table = markdown(rows) + "\n\n" + budget_line(curves, cfg.prune.max_first_drop)
     print(table)
     SUMMARY.parent.mkdir(parents=True, exist_ok=True)
     with SUMMARY.open("w", newline="") as f:

@@ -99,3 +99,26 @@ def test_number_sweep_and_fixed_choice(tmp_path, default_run):
     assert m["threshold"] == flat.sort().values[24].item()  # the 25th lowest mask
     pruned, _, _ = load_model(tmp_path / "prune/model.safetensors")
     assert sum(int((bn.weight == 0).sum()) for bn in bn_layers(pruned).values()) == 25
+
+
+def test_masks_that_fail_leave_the_model_unpruned_and_say_so(tmp_path, capsys, default_run):
+    """All masks at 0: t = 0 prunes every channel, so the stage must keep the model and report it, not ship a broken one."""
+    import shutil
+
+    from rnp.io import atomic_write_bytes, tensors_bytes
+    from rnp.stages import prune
+
+    from .conftest import make_config
+
+    _, root, _ = default_run
+    recover = tmp_path / "recover"
+    shutil.copytree(root / "recover", recover)
+    masks, meta = load_tensors(recover / "masks.safetensors")
+    atomic_write_bytes(recover / "masks.safetensors", tensors_bytes({k: torch.zeros_like(v) for k, v in masks.items()}, meta))
+    m = prune.run(make_config(), root / "poison", root / "train", recover, tmp_path / "prune")
+    assert m["threshold"] == -1 and m["pruned"] == 0
+    assert (m["ca"], m["asr"]) == (m["ca_before"], m["asr_before"])
+    assert "NOTHING PRUNED" in capsys.readouterr().out
+    original, _, _ = load_model(root / "train/model.safetensors")
+    kept, _, _ = load_model(tmp_path / "prune/model.safetensors")
+    assert all(torch.equal(a, b) for a, b in zip(original.state_dict().values(), kept.state_dict().values()))

@@ -98,6 +98,9 @@ def run(cfg: Config, poison_dir: Path, train_dir: Path, recover_dir: Path, out: 
         w.write("curve.png", curve_png(rows, x, selected, oracle))
         w.write("masks.png", masks_png(masks, chosen_point.threshold if selected is not None else None))
         w.write("metrics.json", json_bytes(metrics))
+    if selected is None:
+        say(f"prune: NOTHING PRUNED: the first point (t = 0) costs {base_holdout - curve[0].holdout_acc:.1%} of held-out accuracy, "
+            f"more than prune.max_first_drop {p.max_first_drop:.0%}: the masks did not separate the backdoor")
     say(
         f"prune: {p.select} {x} {getattr(chosen_point, x):g} ({chosen_point.pruned} channels): "
         f"CA {before['ca']:.1%} -> {chosen_point.ca:.1%}, ASR {before['asr']:.1%} -> {chosen_point.asr:.1%}; "
