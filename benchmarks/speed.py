@@ -206,7 +206,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--precision", default="fp32,bf16", help="comma-separated precisions rnp runs in (fp32, bf16, auto)")
     ap.add_argument("--json", help="also write the figures here (default: benchmarks/results/speed_<workload>.json)")
     ap.add_argument("--readme", action="store_true", help="rewrite the README's speed table from every saved result")
+    ap.add_argument("--readme-only", action="store_true", help="rewrite the README's speed table from the saved results; run nothing")
     args = ap.parse_args(argv)
+    if args.readme_only:
+        return write_saved_table()
     w = WORKLOADS[args.workload]
     sets = {"train": synthetic(w, w.n_train, 1), "defense": synthetic(w, w.n_defense, 2), "holdout": synthetic(w, w.n_defense // 2, 3),
             "test": synthetic(w, w.n_test, 4), "poison": synthetic(w, w.n_test * 9 // 10, 5)}
@@ -226,8 +229,20 @@ def main(argv: list[str] | None = None) -> dict:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2))
     if args.readme:
-        write_readme(speed_table([json.loads(p.read_text()) for p in sorted(RESULTS.glob("speed_*.json"))]), ROOT / "README.md", "speed")
+        write_saved_table()
     return result
+
+
+def write_saved_table() -> dict:
+    """The README table from every saved result (speed_<workload>[_<machine>].json), in name order."""
+    results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("speed_*.json"))]
+    write_readme(speed_table(results), ROOT / "README.md", "speed")
+    return {"results": results}
+
+
+def short_cpu(name: str) -> str:
+    """'Intel(R) Xeon(R) Processor' -> 'Intel Xeon', for the table."""
+    return name.replace("(R)", "").replace("(TM)", "").replace(" Processor", "").strip()
 
 
 def cpu_name() -> str:
@@ -252,6 +267,7 @@ def speed_table(results: list[dict]) -> str:
         lines.append(f"| {workload} | {stage} | " + " | ".join(cells) + " |")
 
     for r in results:
+        workload = f"{r['workload']} ({short_cpu(r.get('cpu', '?'))})"
         base = dict(r["baseline"])
         if base:
             base["defense"] = sum(base[k] for k in DEFENSE)
@@ -260,9 +276,9 @@ def speed_table(results: list[dict]) -> str:
         for stage in ("train", *DEFENSE, "defense"):
             label = "**defense** (unlearn + recover + prune)" if stage == "defense" else stage
             label += f" (distinct points: {distinct})" if stage == "prune" and distinct else ""
-            row(r["workload"], label, {p: t[stage] for p, t in stages.items()}, base.get(stage))
+            row(workload, label, {p: t[stage] for p, t in stages.items()}, base.get(stage))
         ips = {p: r["n_train"] / t["train"] for p, t in r["rnp"].items()}
-        row(r["workload"], "training, images/s", ips, r["n_train"] / base["train"] if base else None, ".0f", ratio=False)
+        row(workload, "training, images/s", ips, r["n_train"] / base["train"] if base else None, ".0f", ratio=False)
     return "\n".join(lines)
 
 
