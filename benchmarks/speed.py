@@ -171,15 +171,18 @@ def run_baseline(w: Workload, sets: dict, spec: ModelSpec) -> dict:
 # --- rnp -------------------------------------------------------------------------------
 
 
-def run_rnp(w: Workload, sets: dict, spec: ModelSpec, compute: Compute) -> tuple[dict, int]:
-    """Seconds per stage, and how many of the sweep's points pruned a distinct set (each is measured once)."""
+def run_rnp(w: Workload, sets: dict, spec: ModelSpec, compute: Compute, compile: bool = False) -> tuple[dict, int]:
+    """Seconds per stage, and how many of the sweep's points pruned a distinct set (each is measured once).
+
+    compile: train with `train.compile` (torch.compile; its compile time counts in train's seconds).
+    """
     t, on = {}, lambda k: DeviceData(sets[k], (MEAN,) * w.shape[0], (STD,) * w.shape[0], compute)  # noqa: E731
     train, defense, test, poison, holdout = (on(k) for k in ("train", "defense", "test", "poison", "holdout"))
     augment = AugmentParams(crop_padding=w.crop)
     torch.manual_seed(0)
     model = compute.place(create_model(spec))
     start = time.perf_counter()
-    fit(model, train, TrainParams(epochs=w.train_epochs, batch_size=128), augment, seeded_generator(0))
+    fit(model, train, TrainParams(epochs=w.train_epochs, batch_size=128, compile=compile), augment, seeded_generator(0))
     t["train"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -203,7 +206,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workload", choices=list(WORKLOADS), default="a")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--precision", default="fp32,bf16", help="comma-separated precisions rnp runs in (fp32, bf16, auto)")
+    ap.add_argument("--precision", default="fp32,bf16",
+                    help="comma-separated precisions rnp runs in (fp32, bf16, auto); a '+compile' suffix also sets train.compile")
     ap.add_argument("--json", help="also write the figures here (default: benchmarks/results/speed_<workload>.json)")
     ap.add_argument("--readme", action="store_true", help="rewrite the README's speed table from every saved result")
     ap.add_argument("--readme-only", action="store_true", help="rewrite the README's speed table from the saved results; run nothing")
@@ -216,7 +220,8 @@ def main(argv: list[str] | None = None) -> dict:
     spec = ModelSpec(w.arch, 10, w.shape, (MEAN,) * w.shape[0], (STD,) * w.shape[0])
     warm = create_model(spec)  # first-call costs (allocator, kernels) are paid here, not by whichever side runs first
     nn.functional.cross_entropy(warm(torch.zeros(8, *w.shape)), torch.zeros(8, dtype=torch.long)).backward()
-    runs = {p: run_rnp(w, sets, spec, resolve_compute(args.device, p)) for p in args.precision.split(",")}
+    runs = {p: run_rnp(w, sets, spec, resolve_compute(args.device, p.removesuffix("+compile")), p.endswith("+compile"))
+            for p in args.precision.split(",")}
     ours, distinct = {p: t for p, (t, _) in runs.items()}, {p: n for p, (_, n) in runs.items()}
     base = run_baseline(w, sets, spec) if args.device == "cpu" or w.name != "c" else {}
     result = {"workload": w.name, "device": args.device, "threads": torch.get_num_threads(), "cpu": cpu_name(),

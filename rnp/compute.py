@@ -9,6 +9,8 @@ supports it, fp32 anywhere else, so CPU results stay bit-stable unless asked.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -16,7 +18,7 @@ from torch import nn
 
 from .errors import RnpError
 
-__all__ = ["PRECISIONS", "Compute", "resolve_device", "resolve_compute"]
+__all__ = ["PRECISIONS", "Compute", "compile_or_eager", "resolve_device", "resolve_compute"]
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -61,3 +63,25 @@ def resolve_compute(device: str, precision: str = "fp32") -> Compute:
     bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda" and torch.cuda.is_bf16_supported())
     # channels_last pays off on GPUs, and on CPUs only together with bf16 (fp32 oneDNN eval is slower in it)
     return Compute(dev, bf16, channels_last=bf16 or dev.type == "cuda")
+
+
+def compile_or_eager(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`model`'s forward through torch.compile, falling back to eager for good if compiling fails.
+
+    Compilation is lazy, so a failure (no C++ compiler, an op the backend lacks) shows up
+    at the first call; that call and every later one then run eagerly. Parameters stay
+    the model's own, so the optimiser, saving and evaluation see no difference.
+    """
+    compiled: Callable | None = torch.compile(model)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        nonlocal compiled
+        if compiled is not None:
+            try:
+                return compiled(x)
+            except torch._dynamo.exc.TorchDynamoException as e:
+                warnings.warn(f"torch.compile failed, training eagerly: {str(e).splitlines()[0][:200]}", stacklevel=2)
+                compiled = None
+        return model(x)
+
+    return forward

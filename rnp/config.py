@@ -183,6 +183,7 @@ class TrainParams:
     lr: float = 0.05  # SGD, cosine schedule
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    compile: bool = False  # torch.compile the training step's model; eager if it cannot compile (pays off on GPUs)
 
     def check(self) -> None:
         _positive(self, "epochs", "batch_size", "lr")

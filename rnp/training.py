@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .compute import compile_or_eager
 from .config import AugmentParams, TrainParams
 from .data import DeviceData
 
@@ -35,18 +36,21 @@ def run_epoch(
     loss_scale: float = 1.0,
     clip_grad_norm: float = 0.0,
     after_step: Callable[[], None] | None = None,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> EpochStats:
     """Minimise `loss_scale * CE` for one pass over `data` in train mode.
 
     loss_scale -1 is gradient ascent (unlearn); 0.2 is RNP's alpha (recover).
+    `forward` replaces `model(x)`, e.g. with a compiled version of it.
     """
+    forward = forward or model
     model.train()
     total_loss = torch.zeros((), device=data.images.device)
     correct = torch.zeros((), device=data.images.device, dtype=torch.long)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     for x, y in data.batches(batch_size, gen, augment.crop_padding, augment.flip):
         with data.compute.autocast():
-            logits = model(x)
+            logits = forward(x)
         loss = nn.functional.cross_entropy(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         (loss_scale * loss).backward()
@@ -72,8 +76,9 @@ def fit(
     """Plain supervised training: SGD with Nesterov momentum and a cosine schedule over p.epochs."""
     optimizer = torch.optim.SGD(model.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay, nesterov=True)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=p.epochs)
+    forward = compile_or_eager(model) if p.compile else model
     for epoch in range(1, p.epochs + 1):
-        stats = run_epoch(model, data, optimizer, p.batch_size, gen, augment)
+        stats = run_epoch(model, data, optimizer, p.batch_size, gen, augment, forward=forward)
         scheduler.step()
         if on_epoch is not None:
             on_epoch(epoch, stats)

@@ -83,3 +83,48 @@ def test_bad_precision_is_one_line():
 
     with pytest.raises(RnpError, match="precision"):
         make_config(precision="fp16")
+
+
+def _fit_small_cnn(compile: bool) -> torch.nn.Module:
+    from rnp.config import TrainParams
+    from rnp.training import fit
+
+    spec = ModelSpec("small_cnn", 10, (3, 16, 16), (0.5,) * 3, (0.25,) * 3)
+    torch.manual_seed(0)
+    model = create_model(spec)
+    return fit(model, DeviceData(_data(), spec.mean, spec.std, "cpu"), TrainParams(epochs=2, batch_size=32, compile=compile),
+               AugmentParams(), seeded_generator(0))
+
+
+def test_train_compile_falls_back_to_eager_when_compiling_fails(monkeypatch):
+    class CompileFailed(torch._dynamo.exc.TorchDynamoException):
+        pass
+
+    def broken_compile(model, **kwargs):
+        def run(x):
+            raise CompileFailed("no C++ compiler found")
+        return run
+
+    eager = _fit_small_cnn(compile=False)
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with pytest.warns(UserWarning, match="torch.compile failed, training eagerly: no C\\+\\+ compiler found"):
+        fallback = _fit_small_cnn(compile=True)
+    for (k, a), b in zip(eager.state_dict().items(), fallback.state_dict().values()):
+        assert torch.equal(a, b), k  # the failed first call trained nothing twice and skipped no step
+
+
+def test_train_compile_learns_what_eager_learns(recwarn):
+    """The compiled forward trains the model's own parameters, to float tolerance of eager."""
+    eager, compiled = _fit_small_cnn(compile=False), _fit_small_cnn(compile=True)
+    assert not [w for w in recwarn if "torch.compile failed" in str(w.message)]  # it really compiled
+    assert not any(k.startswith("_orig_mod") for k in compiled.state_dict())  # saving sees the plain module
+    for (k, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-3, rtol=1e-3), k
+
+
+def test_compile_benchmark_runs_on_a_tiny_model(capsys):
+    from benchmarks.compile_step import main as compile_step
+
+    r = compile_step(["--arch", "small_cnn", "--batch", "8", "--size", "8", "--steps", "1"])
+    assert r["eager_step"] > 0 and r["compiled_step"] > 0 and r["compile_first"] > 0
+    assert "compiling pays off after" in capsys.readouterr().out
