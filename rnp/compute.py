@@ -72,7 +72,14 @@ def compile_or_eager(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]
     at the first call; that call and every later one then run eagerly. Parameters stay
     the model's own, so the optimiser, saving and evaluation see no difference.
     """
-    compiled: Callable | None = torch.compile(model)
+    def give_up(e: Exception) -> None:
+        warnings.warn(f"torch.compile failed, training eagerly: {(str(e).splitlines() or [type(e).__name__])[0][:200]}", stacklevel=3)
+
+    try:
+        compiled: Callable | None = torch.compile(model)
+    except RuntimeError as e:  # e.g. a Python version Dynamo does not support yet
+        give_up(e)
+        compiled = None
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         nonlocal compiled
@@ -80,7 +87,7 @@ def compile_or_eager(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]
             try:
                 return compiled(x)
             except torch._dynamo.exc.TorchDynamoException as e:
-                warnings.warn(f"torch.compile failed, training eagerly: {str(e).splitlines()[0][:200]}", stacklevel=2)
+                give_up(e)
                 compiled = None
         return model(x)
 

@@ -112,6 +112,14 @@ def test_train_compile_falls_back_to_eager_when_compiling_fails(monkeypatch):
     for (k, a), b in zip(eager.state_dict().items(), fallback.state_dict().values()):
         assert torch.equal(a, b), k  # the failed first call trained nothing twice and skipped no step
 
+    def unsupported(model, **kwargs):
+        raise RuntimeError("Dynamo is not supported on this Python")
+
+    monkeypatch.setattr(torch, "compile", unsupported)
+    with pytest.warns(UserWarning, match="Dynamo is not supported"):
+        refused = _fit_small_cnn(compile=True)
+    assert all(torch.equal(a, b) for a, b in zip(eager.state_dict().values(), refused.state_dict().values()))
+
 
 def test_train_compile_learns_what_eager_learns(recwarn):
     """The compiled forward trains the model's own parameters, to float tolerance of eager."""
