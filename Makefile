@@ -1,12 +1,13 @@
 # Two entry points for a fresh machine:
 #   make run   - install into .venv and run the default pipeline (dvc repro)
 #   make test  - install into .venv and run the whole test suite
+#   make fashion - the paper's ratios on real images (Fashion-MNIST) as a DVC experiment
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run test clean
+.PHONY: setup run test fashion clean
 
 setup: $(VENV)/.installed
 
@@ -18,6 +19,10 @@ $(VENV)/.installed: pyproject.toml
 
 run: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc metrics show
+
+fashion: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc exp run -n fashion-mnist $$($(BIN)/rnp preset fashion_mnist)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc metrics show
 
 test: setup

@@ -1,4 +1,4 @@
-"""`rnp poison|train|unlearn|recover|prune|list`: one subcommand per stage."""
+"""`rnp poison|train|unlearn|recover|prune`: one subcommand per stage; `list`, `preset` and `defend` beside them."""
 
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     stage("recover", "recover: learn BN channel masks on the unlearned model", "poison", "unlearn")
     stage("prune", "prune the original model by mask value, choose a point, export", "poison", "train", "recover")
     sub.add_parser("list", help="list data sets, attacks and architectures")
+    pr = sub.add_parser("preset", help="print a named params set as `dvc exp run` flags: dvc exp run $(rnp preset fashion_mnist)")
+    pr.add_argument("name", help="e.g. fashion_mnist (the paper's ratios on real images)")
     d = sub.add_parser("defend", help="purify a model someone else trained, with a little clean data")
     d.add_argument("--model", type=Path, required=True, help="weights: .safetensors, or a PyTorch state dict (loaded weights_only)")
     d.add_argument("--arch", required=True, help="architecture name (rnp list), or torchvision:<name>")
@@ -54,6 +56,11 @@ def _run(args: argparse.Namespace) -> None:
             print(f"{registry.kind}s ({registry.key}):")
             for name, line in registry.describe().items():
                 print(f"  {name:<18} {line}")
+        return
+    if args.command == "preset":
+        from .presets import dvc_flags
+
+        print(dvc_flags(args.name))
         return
     if args.command == "defend":
         from .config import Config

@@ -10,7 +10,10 @@ cannot run code.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import pickle
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,7 @@ import torch.nn.functional as F
 from .data import DATASETS, Dataset, ImageSet
 from .errors import RnpError
 
-__all__ = ["channel_stats", "from_numpy_hwc", "read_cifar_batch", "resize"]
+__all__ = ["FASHION_MNIST_DIRS", "channel_stats", "from_numpy_hwc", "pad_to", "read_cifar_batch", "read_idx", "resize"]
 
 CIFAR = {
     "cifar10": ("cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a",
@@ -30,6 +33,18 @@ CIFAR = {
 }
 SVHN_URL = "http://ufldl.stanford.edu/housenumbers/{split}_32x32.mat"
 SVHN_MD5 = {"train": "e26dedcc434d2e4c54c9b2d4a06d8373", "test": "eb5a983be6a315427106f1b164d9cef3"}
+# Fashion-MNIST (Xiao et al. 2017): where its four IDX files are looked for, in or under data.root, then system-wide
+# (Debian's dataset-fashion-mnist package), and the SHA-256 of each full-size file's decompressed bytes. MNIST's
+# files have the same format and sizes, so a full-size file with another hash is the wrong data set.
+FASHION_MNIST_DIRS = ("fashion-mnist", "FashionMNIST/raw")  # our folder; torchvision's download layout
+FASHION_MNIST_SYSTEM = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_FILES = {
+    "train-images-idx3-ubyte": (60000, "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
+    "train-labels-idx1-ubyte": (60000, "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
+    "t10k-images-idx3-ubyte": (10000, "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
+    "t10k-labels-idx1-ubyte": (10000, "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
+}
+IDX_MAGIC = {1: 2049, 3: 2051}  # unsigned bytes, 1 dimension (labels) or 3 (images)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
@@ -58,6 +73,53 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
+def pad_to(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Zero-pad (N, C, H, W) images to size x size, centred: the objects keep their pixel size (no stretching)."""
+    h, w = images.shape[-2:]
+    if size < max(h, w):
+        raise RnpError(f"data.image_size {size} is smaller than the {h}x{w} images; they are padded, never shrunk (use >= {max(h, w)})")
+    top, left = (size - h) // 2, (size - w) // 2
+    return F.pad(images, (left, size - w - left, top, size - h - top))
+
+
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """One IDX file of unsigned bytes (gzipped or not) -> array; anything else is one line naming the file."""
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise RnpError(f"{path}: cannot read it ({type(e).__name__}: {e})") from None
+    header = 4 * (1 + ndim)
+    if len(raw) < header:
+        raise RnpError(f"{path}: {len(raw)} bytes is too short for an IDX header")
+    magic, *shape = np.frombuffer(raw[:header], dtype=">u4").tolist()
+    if magic != IDX_MAGIC[ndim]:
+        raise RnpError(f"{path}: magic number {magic}, expected {IDX_MAGIC[ndim]} (an IDX file of {ndim}-d unsigned bytes)")
+    size = int(np.prod(shape))
+    if len(raw) - header != size:
+        raise RnpError(f"{path}: header says {' x '.join(map(str, shape))} = {size} bytes, the file holds {len(raw) - header} (truncated?)")
+    name = path.name.removesuffix(".gz")
+    if name in FASHION_MNIST_FILES and shape[0] == FASHION_MNIST_FILES[name][0]:
+        if hashlib.sha256(raw).hexdigest() != FASHION_MNIST_FILES[name][1]:
+            raise RnpError(f"{path}: a full-size file whose checksum is not Fashion-MNIST's (another data set, e.g. MNIST?)")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _find_idx(root: Path, name: str) -> Path:
+    """The first of <root>, <root>/<dir> and the system-wide folder that holds <name>[.gz]."""
+    places = [root] + [root / d for d in FASHION_MNIST_DIRS] + [Path(FASHION_MNIST_SYSTEM)]
+    for folder in places:
+        for candidate in (folder / name, folder / f"{name}.gz"):
+            if candidate.is_file():
+                return candidate
+    raise RnpError(
+        f"data.dataset fashion_mnist: {name}[.gz] not found in {', '.join(map(str, places))}; "
+        "install it with `sudo apt-get install dataset-fashion-mnist`, or put the four IDX files in "
+        f"{root / FASHION_MNIST_DIRS[0]}"
+    )
+
+
 def _fetch(name: str, root: Path, fetch) -> None:
     """Download on first use; a failure is one clear line."""
     try:
@@ -80,6 +142,22 @@ def mnist(root: str, image_size: int = 32) -> Dataset:
         return ImageSet(ds.data.unsqueeze(1).to(torch.uint8), ds.targets.long())
 
     return _dataset(load(True), load(False), 10)
+
+
+@DATASETS.register("fashion_mnist")
+def fashion_mnist(root: str, image_size: int = 32) -> Dataset:
+    """Fashion-MNIST: 60k/10k 28x28 grey photos of clothing, 10 classes, offline (IDX files), zero-padded to data.image_size."""
+
+    def load(split: str) -> ImageSet:
+        images_path, labels_path = (_find_idx(Path(root), f"{split}-{kind}") for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"))
+        images, labels = read_idx(images_path, 3), read_idx(labels_path, 1)
+        if len(images) != len(labels):
+            raise RnpError(f"{labels_path}: {len(labels)} labels for the {len(images)} images of {images_path}")
+        if labels.size and labels.max() >= 10:
+            raise RnpError(f"{labels_path}: label {int(labels.max())} outside Fashion-MNIST's 10 classes")
+        return ImageSet(pad_to(torch.from_numpy(images.copy()).unsqueeze(1), image_size), torch.from_numpy(labels.astype(np.int64)))
+
+    return _dataset(load("train"), load("t10k"), 10)
 
 
 class _ArrayUnpickler(pickle.Unpickler):

@@ -33,7 +33,7 @@ def split_test(train: ImageSet, test_fraction: float, seed: int) -> tuple[ImageS
     return train.subset(perm[n_test:].sort().values), train.subset(perm[:n_test].sort().values)
 
 
-def poison(ds: Dataset, data: DataParams, attack: AttackParams, seed: int) -> PoisonedData:
+def poison(ds: Dataset, data: DataParams, attack: AttackParams, seed: int, clean: bool = False) -> PoisonedData:
     """Poison `attack.rate` of the training set and draw the clean defense data.
 
     Args:
@@ -41,6 +41,7 @@ def poison(ds: Dataset, data: DataParams, attack: AttackParams, seed: int) -> Po
         data: test split and defense-set settings.
         attack: trigger, target and rate.
         seed: poisoning seed (the defense subset uses data.defense_seed).
+        clean: poison nothing (a clean model's baseline), but build the triggered test set all the same.
     """
     if attack.target >= ds.num_classes:
         raise RnpError(f"attack.target {attack.target} must be < the {ds.num_classes} classes of {data.dataset}")
@@ -51,7 +52,7 @@ def poison(ds: Dataset, data: DataParams, attack: AttackParams, seed: int) -> Po
 
     # 1) choose the images to poison
     eligible = torch.arange(len(train))[eligible_for_poison(train.labels, attack, build.clean_label)]
-    n_poison = int(round(attack.rate * len(train)))
+    n_poison = 0 if clean else int(round(attack.rate * len(train)))
     if n_poison > len(eligible):
         which = "target-class" if build.clean_label else "eligible"
         raise RnpError(f"attack.rate {attack.rate} asks for {n_poison} poisoned images, only {len(eligible)} are {which} ({attack.name})")

@@ -16,9 +16,10 @@ from ._common import DataInfo, imageset_bytes, say
 __all__ = ["run"]
 
 
-def run(cfg: Config, out: Path) -> dict:
+def run(cfg: Config, out: Path, clean: bool = False) -> dict:
+    """`clean` trains nothing in: the baseline of a model without a backdoor (benchmarks), same test sets."""
     ds = load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.image_size)
-    pd = poison(ds, cfg.data, cfg.attack, cfg.seed)
+    pd = poison(ds, cfg.data, cfg.attack, cfg.seed, clean)
     info = DataInfo(cfg.data.dataset, ds.num_classes, tuple(pd.train.images.shape[1:]), ds.mean, ds.std)
 
     n_show = min(8, len(pd.test_poison))

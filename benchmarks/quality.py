@@ -1,0 +1,224 @@
+"""Defense quality on real images at the paper's ratios: Fashion-MNIST, 10 % poisoned, 1 % clean data.
+
+    python -m benchmarks.quality                      # run the missing cells, then rewrite docs/quality.md
+    python -m benchmarks.quality --seeds 0 --archs small_cnn --attacks badnets blend
+    python -m benchmarks.quality --table-only         # re-score the saved cells, run nothing
+
+A cell is (architecture, attack or `clean`, seed) under one defense setting. The
+poisoned data is made once per (attack, seed) and the backdoored model trained
+once per architecture, under results/quality/ (ignored by git, like the grid's
+results/); every defense setting reuses them. Each finished cell is saved as
+benchmarks/results/quality/<defense>/<arch>-<attack>-seed<k>.json: the unpruned
+model, the whole pruning curve (held-out, test CA, ASR, RA), the detection
+verdict and the seconds each stage took. A saved cell is not rerun; the table is
+scored from the saved curves, so a new selection rule is re-scored in seconds.
+
+A backdoored cell is **clean after defense** when the automatic choice leaves
+ASR <= 5 % and CA no more than 2 points below the backdoored model. The oracle
+is the best test CA among sweep points with ASR <= 5 % (for reporting only).
+Detection names the target when `rnp.defend`'s rule calls the model backdoored
+and its suspected class is the attack's target; on clean models it must say
+"no evidence".
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from rnp.config import config_from_dict, with_overrides
+from rnp.data import DeviceData, ImageSet
+from rnp.defense import select_auto
+from rnp.io import atomic_write_bytes, json_bytes
+from rnp.models import load_model
+from rnp.presets import get_preset
+from rnp.purify import detect_target
+from rnp.stages import poison, prune, recover, train, unlearn
+from rnp.stages._common import load_imageset
+
+from .effectiveness import write_readme
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "results" / "quality"
+RESULTS = ROOT / "benchmarks" / "results" / "quality"
+DOC = ROOT / "docs" / "quality.md"
+
+ATTACKS = ["badnets", "blend", "trojan", "sig", "wanet", "lc", "iad", "adaptive_blend"]
+CLEAN = "clean"  # trained without poison; its triggered test set uses the BadNets trigger
+ARCHS = {"small_cnn": {"model.arch": "small_cnn"}, "wrn16_1": {"model.arch": "wrn16_1"}}
+PER_ATTACK = {CLEAN: {"attack.name": "badnets"}}
+# bf16 on the CPU is 2-3x faster here (measured in docs/quality.md); masks and BN statistics stay fp32
+SETTING = {**get_preset("fashion_mnist"), "precision": "bf16"}
+# name -> overrides of the defense stages only (unlearn, recover, prune); the backdoored models are shared
+DEFENSES: dict[str, dict[str, object]] = {"reference": {}}
+MAX_ASR, CA_BUDGET, LEARNT = 0.05, 0.02, 0.5
+
+
+def cell_name(arch: str, attack: str, seed: int) -> str:
+    return f"{arch}-{attack}-seed{seed}"
+
+
+def cell_config(params: dict, arch: str, attack: str, seed: int, defense: str):
+    overrides = {**SETTING, **ARCHS[arch], "attack.name": attack, **PER_ATTACK.get(attack, {}), "seed": seed, **DEFENSES[defense]}
+    return config_from_dict(with_overrides(params, overrides))
+
+
+def _stage(done: Path, fn, *args, **kwargs) -> float:
+    """Run a stage unless its metrics.json (written last) says it finished; returns its seconds."""
+    if (done / "metrics.json").exists():
+        return 0.0
+    start = time.perf_counter()
+    fn(*args, **kwargs)
+    return time.perf_counter() - start
+
+
+def detection(cfg, poison_dir: Path, unlearn_dir: Path) -> dict:
+    """rnp.defend's detection rule on the unlearned model, over all 600 clean images."""
+    fit, info, _ = load_imageset(poison_dir / "defense.safetensors")
+    held, _, _ = load_imageset(poison_dir / "holdout.safetensors")
+    every = ImageSet(torch.cat([fit.images, held.images]), torch.cat([fit.labels, held.labels]))
+    unlearned, _, _ = load_model(unlearn_dir / "model.safetensors")
+    acc = json.loads((unlearn_dir / "metrics.json").read_text())["defense_acc"]
+    d = detect_target(unlearned, DeviceData(every, info.mean, info.std, "cpu"), info.num_classes, acc)
+    return {"backdoored": d.backdoored, "target": d.target, "score": d.score, "unlearned_acc": acc}
+
+
+def run_cell(params: dict, arch: str, attack: str, seed: int, defense: str) -> dict:
+    cfg = cell_config(params, arch, attack, seed, defense)
+    top = WORK / attack / f"seed{seed}"
+    p, t, d = top / "poison", top / arch / "train", top / arch / defense
+    seconds = {"poison": _stage(p, poison.run, cfg, p, clean=attack == CLEAN)}
+    seconds["train"] = _stage(t, train.run, cfg, p, t)
+    seconds["unlearn"] = _stage(d / "unlearn", unlearn.run, cfg, p, t, d / "unlearn")
+    seconds["recover"] = _stage(d / "recover", recover.run, cfg, p, d / "unlearn", d / "recover")
+    seconds["prune"] = _stage(d / "prune", prune.run, cfg, p, t, d / "recover", d / "prune")
+    m = json.loads((d / "prune" / "metrics.json").read_text())
+    curve = [{k: float(v) for k, v in r.items()} for r in _csv_rows(d / "prune" / "curve.csv")]
+    cell = {
+        "arch": arch, "attack": attack, "seed": seed, "defense": defense, "target": cfg.attack.target,
+        "before": {"ca": m["ca_before"], "asr": m["asr_before"], "ra": m["ra_before"], "holdout_acc": m["holdout_acc_before"]},
+        "holdout_n": m["holdout_size"],
+        "curve": curve,
+        "detection": detection(cfg, p, d / "unlearn"),
+        "unlearn": json.loads((d / "unlearn" / "metrics.json").read_text()),
+        "seconds": seconds,
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+    }
+    path = RESULTS / defense / f"{cell_name(arch, attack, seed)}.json"
+    atomic_write_bytes(path, json_bytes(cell))
+    return cell
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    import csv
+
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def score(cell: dict, max_clean_drop: float, max_first_drop: float) -> dict:
+    """The automatic choice on the saved curve (held-out accuracy only), the oracle, and the verdicts."""
+    before, curve = cell["before"], cell["curve"]
+    i = select_auto([r["holdout_acc"] for r in curve], before["holdout_acc"], max_clean_drop, max_first_drop)
+    chosen = curve[i] if i is not None else {**before, "threshold": -1.0, "pruned": 0}
+    ok = [r for r in curve if r["asr"] <= MAX_ASR]
+    oracle = max(ok, key=lambda r: r["ca"]) if ok else None
+    backdoored = cell["attack"] != CLEAN
+    det = cell["detection"]
+    return {
+        "chosen": chosen,
+        "oracle": oracle,
+        "learnt": backdoored and before["asr"] >= LEARNT,
+        "clean_after": chosen["asr"] <= MAX_ASR and chosen["ca"] >= before["ca"] - CA_BUDGET - 1e-9,
+        "worse_than_chance": chosen["ca"] < 0.1,
+        "detected": det["backdoored"] and (not backdoored or det["target"] == cell["target"]),
+    }
+
+
+def pct(v: float) -> str:
+    return f"{100 * v:.1f}"
+
+
+def markdown(cells: list[dict], max_clean_drop: float, max_first_drop: float) -> str:
+    lines = [
+        "| cell | before CA / ASR / RA | auto t | after CA / ASR / RA | oracle t: CA / ASR | detection | s | clean after |",
+        "|---|---:|---:|---:|---:|---|---:|:---:|",
+    ]
+    scored = []
+    for c in cells:
+        s = score(c, max_clean_drop, max_first_drop)
+        scored.append((c, s))
+        b, ch, o, det = c["before"], s["chosen"], s["oracle"], c["detection"]
+        t = "none" if ch["threshold"] < 0 else f"{ch['threshold']:.2f}"
+        oracle = f"{o['threshold']:.2f}: {pct(o['ca'])} / {pct(o['asr'])}" if o else "—"
+        verdict = f"target {det['target']} ({pct(det['score'])} %)" if det["backdoored"] else "no evidence"
+        verdict = verdict if s["detected"] or c["attack"] == CLEAN else f"**{verdict}**"
+        verdict = f"**{verdict}**" if c["attack"] == CLEAN and det["backdoored"] else verdict
+        outcome = "—" if c["attack"] == CLEAN else "not learnt" if not s["learnt"] else "yes" if s["clean_after"] else "**no**"
+        lines.append(
+            f"| {c['arch']} × {c['attack']}, seed {c['seed']} | {pct(b['ca'])} / {pct(b['asr'])} / {pct(b['ra'])} | {t} | "
+            f"{pct(ch['ca'])} / {pct(ch['asr'])} / {pct(ch['ra'])} | {oracle} | {verdict} | {sum(c['seconds'].values()):.0f} | {outcome} |"
+        )
+    return "\n".join(lines) + "\n\n" + summary(scored)
+
+
+def summary(scored: list[tuple[dict, dict]]) -> str:
+    learnt = [s for c, s in scored if s["learnt"]]
+    backdoored = [s for c, s in scored if c["attack"] != CLEAN]
+    clean = [s for c, s in scored if c["attack"] == CLEAN]
+    holdout = sorted({c["holdout_n"] for c, _ in scored})
+    return (
+        f"**Summary.** Clean after defense (ASR ≤ 5 %, CA ≥ before − 2 points): **{sum(s['clean_after'] for s in learnt)} of "
+        f"{len(learnt)}** learnt cells ({len(backdoored) - len(learnt)} not learnt: ASR before < {LEARNT:.0%}); "
+        f"worse than chance after: {sum(s['worse_than_chance'] for s in learnt)}. "
+        f"Target named on **{sum(s['detected'] for s in backdoored)} of {len(backdoored)}** backdoored models; "
+        f"false alarms on **{sum(s['detected'] for s in clean)} of {len(clean)}** clean models. "
+        f"Held-out images: {', '.join(map(str, holdout))}."
+    )
+
+
+def load_cells(defense: str, archs, attacks, seeds) -> list[dict]:
+    cells = []
+    for seed, attack, arch in itertools.product(seeds, attacks, archs):
+        path = RESULTS / defense / f"{cell_name(arch, attack, seed)}.json"
+        if path.exists():
+            cells.append(json.loads(path.read_text()))
+    return cells
+
+
+def main(argv: list[str] | None = None) -> str:
+    import yaml
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--archs", nargs="+", default=list(ARCHS), choices=list(ARCHS))
+    ap.add_argument("--attacks", nargs="+", default=ATTACKS + [CLEAN], choices=ATTACKS + [CLEAN])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--defense", default="reference", choices=list(DEFENSES))
+    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    ap.add_argument("--table-only", action="store_true", help="score the saved cells; run nothing")
+    ap.add_argument("--no-doc", action="store_true", help=f"print the table, leave {DOC.relative_to(ROOT)} alone")
+    args = ap.parse_args(argv)
+    params = yaml.safe_load(args.params.read_text())
+    if not args.table_only:
+        for seed, attack, arch in itertools.product(args.seeds, args.attacks, args.archs):  # seed-major: early results cover every attack
+            if not (RESULTS / args.defense / f"{cell_name(arch, attack, seed)}.json").exists():
+                start = time.perf_counter()
+                run_cell(params, arch, attack, seed, args.defense)
+                print(f"{cell_name(arch, attack, seed)} ({args.defense}): {time.perf_counter() - start:.0f} s", flush=True)
+    cfg = cell_config(params, args.archs[0], args.attacks[0], args.seeds[0], args.defense)
+    table = markdown(load_cells(args.defense, args.archs, args.attacks, args.seeds), cfg.prune.max_clean_drop, cfg.prune.max_first_drop)
+    print(table)
+    if not args.no_doc:
+        write_readme(table, DOC, f"quality-{args.defense}")
+    return table
+
+
+if __name__ == "__main__":
+    main()
