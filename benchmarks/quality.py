@@ -26,12 +26,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import platform
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from rnp.compute import resolve_compute
 from rnp.config import config_from_dict, with_overrides
 from rnp.data import DeviceData, ImageSet
 from rnp.defense import select_auto
@@ -43,6 +44,7 @@ from rnp.stages import poison, prune, recover, train, unlearn
 from rnp.stages._common import load_imageset
 
 from .effectiveness import write_readme
+from .speed import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "results" / "quality"
@@ -51,7 +53,8 @@ DOC = ROOT / "docs" / "quality.md"
 
 ATTACKS = ["badnets", "blend", "trojan", "sig", "wanet", "lc", "iad", "adaptive_blend"]
 CLEAN = "clean"  # trained without poison; its triggered test set uses the BadNets trigger
-ARCHS = {"small_cnn": {"model.arch": "small_cnn"}, "wrn16_1": {"model.arch": "wrn16_1"}}
+ARCHS = {"small_cnn": {"model.arch": "small_cnn"}, "wrn16_1": {"model.arch": "wrn16_1"}, "resnet18": {"model.arch": "resnet18"}}
+CPU_ARCHS = ["small_cnn", "wrn16_1"]  # resnet18 on the full training set is a GPU row (benchmarks/device_check.sh)
 PER_ATTACK = {CLEAN: {"attack.name": "badnets"}}
 # bf16 on the CPU is 2-3x faster here (measured in docs/quality.md); masks and BN statistics stay fp32
 SETTING = {**get_preset("fashion_mnist"), "precision": "bf16"}
@@ -64,9 +67,24 @@ def cell_name(arch: str, attack: str, seed: int) -> str:
     return f"{arch}-{attack}-seed{seed}"
 
 
-def cell_config(params: dict, arch: str, attack: str, seed: int, defense: str):
-    overrides = {**SETTING, **ARCHS[arch], "attack.name": attack, **PER_ATTACK.get(attack, {}), "seed": seed, **DEFENSES[defense]}
+def cell_config(params: dict, arch: str, attack: str, seed: int, defense: str, extra: dict | None = None):
+    overrides = {**SETTING, **ARCHS[arch], "attack.name": attack, **PER_ATTACK.get(attack, {}), "seed": seed, **DEFENSES[defense], **(extra or {})}
     return config_from_dict(with_overrides(params, overrides))
+
+
+def write_subset(n_train: int, work: Path) -> Path:
+    """The first n_train training and n_train / 6 test images of Fashion-MNIST as IDX files: a data.root for quick runs."""
+    from rnp.datasets import find_idx, read_idx
+
+    root = work / f"subset-{n_train}"
+    folder = root / "fashion-mnist"
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("t10k", max(1, n_train // 6))):
+        for kind, ndim, magic in (("images-idx3-ubyte", 3, 2051), ("labels-idx1-ubyte", 1, 2049)):
+            array = read_idx(find_idx(ROOT / "data" / "raw", f"{split}-{kind}"), ndim)[:n]
+            header = np.array([magic, *array.shape], dtype=">u4").tobytes()
+            atomic_write_bytes(folder / f"{split}-{kind}", header + array.tobytes())
+    return root
 
 
 def _stage(done: Path, fn, *args, **kwargs) -> float:
@@ -78,20 +96,20 @@ def _stage(done: Path, fn, *args, **kwargs) -> float:
     return time.perf_counter() - start
 
 
-def detection(cfg, poison_dir: Path, unlearn_dir: Path) -> dict:
+def detection(poison_dir: Path, unlearn_dir: Path, device: torch.device) -> dict:
     """rnp.defend's detection rule on the unlearned model, over all 600 clean images."""
     fit, info, _ = load_imageset(poison_dir / "defense.safetensors")
     held, _, _ = load_imageset(poison_dir / "holdout.safetensors")
     every = ImageSet(torch.cat([fit.images, held.images]), torch.cat([fit.labels, held.labels]))
     unlearned, _, _ = load_model(unlearn_dir / "model.safetensors")
     acc = json.loads((unlearn_dir / "metrics.json").read_text())["defense_acc"]
-    d = detect_target(unlearned, DeviceData(every, info.mean, info.std, "cpu"), info.num_classes, acc)
+    d = detect_target(unlearned.to(device), DeviceData(every, info.mean, info.std, device), info.num_classes, acc)
     return {"backdoored": d.backdoored, "target": d.target, "score": d.score, "unlearned_acc": acc}
 
 
-def run_cell(params: dict, arch: str, attack: str, seed: int, defense: str) -> dict:
-    cfg = cell_config(params, arch, attack, seed, defense)
-    top = WORK / attack / f"seed{seed}"
+def run_cell(params: dict, arch: str, attack: str, seed: int, defense: str, extra: dict, work: Path, results: Path) -> dict:
+    cfg = cell_config(params, arch, attack, seed, defense, extra)
+    top = work / attack / f"seed{seed}"
     p, t, d = top / "poison", top / arch / "train", top / arch / defense
     seconds = {"poison": _stage(p, poison.run, cfg, p, clean=attack == CLEAN)}
     seconds["train"] = _stage(t, train.run, cfg, p, t)
@@ -105,13 +123,15 @@ def run_cell(params: dict, arch: str, attack: str, seed: int, defense: str) -> d
         "before": {"ca": m["ca_before"], "asr": m["asr_before"], "ra": m["ra_before"], "holdout_acc": m["holdout_acc_before"]},
         "holdout_n": m["holdout_size"],
         "curve": curve,
-        "detection": detection(cfg, p, d / "unlearn"),
+        "detection": detection(p, d / "unlearn", resolve_compute(cfg.device, "fp32").device),
         "unlearn": json.loads((d / "unlearn" / "metrics.json").read_text()),
         "seconds": seconds,
-        "cpu": platform.processor() or platform.machine(),
+        "settings": extra,
+        "cpu": cpu_name(),
+        "gpu": torch.cuda.get_device_name() if cfg.device.startswith("cuda") else None,
         "threads": torch.get_num_threads(),
     }
-    path = RESULTS / defense / f"{cell_name(arch, attack, seed)}.json"
+    path = results / defense / f"{cell_name(arch, attack, seed)}.json"
     atomic_write_bytes(path, json_bytes(cell))
     return cell
 
@@ -184,10 +204,10 @@ def summary(scored: list[tuple[dict, dict]]) -> str:
     )
 
 
-def load_cells(defense: str, archs, attacks, seeds) -> list[dict]:
+def load_cells(results: Path, defense: str, archs, attacks, seeds) -> list[dict]:
     cells = []
     for seed, attack, arch in itertools.product(seeds, attacks, archs):
-        path = RESULTS / defense / f"{cell_name(arch, attack, seed)}.json"
+        path = results / defense / f"{cell_name(arch, attack, seed)}.json"
         if path.exists():
             cells.append(json.loads(path.read_text()))
     return cells
@@ -197,23 +217,32 @@ def main(argv: list[str] | None = None) -> str:
     import yaml
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--archs", nargs="+", default=list(ARCHS), choices=list(ARCHS))
+    ap.add_argument("--archs", nargs="+", default=CPU_ARCHS, choices=list(ARCHS))
     ap.add_argument("--attacks", nargs="+", default=ATTACKS + [CLEAN], choices=ATTACKS + [CLEAN])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--defense", default="reference", choices=list(DEFENSES))
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    ap.add_argument("--device", default="auto", help="params' device for every stage (default auto)")
+    ap.add_argument("--subset", type=int, help="train on the first N Fashion-MNIST training images (quick checks; says so in the cell)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra dotted override (YAML value), e.g. train.epochs=1")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="where cells are saved (default benchmarks/results/quality)")
+    ap.add_argument("--work", type=Path, default=WORK, help="poisoned data and models (default results/quality)")
     ap.add_argument("--table-only", action="store_true", help="score the saved cells; run nothing")
     ap.add_argument("--no-doc", action="store_true", help=f"print the table, leave {DOC.relative_to(ROOT)} alone")
     args = ap.parse_args(argv)
     params = yaml.safe_load(args.params.read_text())
+    extra = {"device": args.device, **{k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}}
+    if args.subset:
+        extra["data.root"] = str(write_subset(args.subset, args.work))
     if not args.table_only:
         for seed, attack, arch in itertools.product(args.seeds, args.attacks, args.archs):  # seed-major: early results cover every attack
-            if not (RESULTS / args.defense / f"{cell_name(arch, attack, seed)}.json").exists():
+            if not (args.results / args.defense / f"{cell_name(arch, attack, seed)}.json").exists():
                 start = time.perf_counter()
-                run_cell(params, arch, attack, seed, args.defense)
+                run_cell(params, arch, attack, seed, args.defense, extra, args.work, args.results)
                 print(f"{cell_name(arch, attack, seed)} ({args.defense}): {time.perf_counter() - start:.0f} s", flush=True)
-    cfg = cell_config(params, args.archs[0], args.attacks[0], args.seeds[0], args.defense)
-    table = markdown(load_cells(args.defense, args.archs, args.attacks, args.seeds), cfg.prune.max_clean_drop, cfg.prune.max_first_drop)
+    cfg = cell_config(params, args.archs[0], args.attacks[0], args.seeds[0], args.defense, extra)
+    cells = load_cells(args.results, args.defense, args.archs, args.attacks, args.seeds)
+    table = markdown(cells, cfg.prune.max_clean_drop, cfg.prune.max_first_drop)
     print(table)
     if not args.no_doc:
         write_readme(table, DOC, f"quality-{args.defense}")

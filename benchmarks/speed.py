@@ -17,6 +17,7 @@ the ratio measures the implementation, not the stopping rule.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import time
@@ -100,8 +101,10 @@ def baseline_loader(data: ImageSet, w: Workload, train: bool, batch: int) -> Dat
 def baseline_eval(model: nn.Module, loader: DataLoader) -> float:
     model.eval()
     correct = total = 0
+    device = next(model.parameters()).device
     with torch.no_grad():
         for x, y in loader:
+            x, y = x.to(device), y.to(device)
             correct += (model(x).argmax(1) == y).sum().item()
             total += len(y)
     return correct / total
@@ -109,7 +112,9 @@ def baseline_eval(model: nn.Module, loader: DataLoader) -> float:
 
 def baseline_epoch(model, loader, optimizer, sign=1.0, after=None):
     model.train()
+    device = next(model.parameters()).device
     for x, y in loader:
+        x, y = x.to(device), y.to(device)
         loss = sign * nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad()
         loss.backward()
@@ -118,12 +123,13 @@ def baseline_epoch(model, loader, optimizer, sign=1.0, after=None):
             after()
 
 
-def run_baseline(w: Workload, sets: dict, spec: ModelSpec) -> dict:
+def run_baseline(w: Workload, sets: dict, spec: ModelSpec, device: str = "cpu", batch_size: int = 128) -> dict:
+    """The reference's way, in fp32 on `device`: per-sample PIL transforms in a DataLoader, full evaluations."""
     t = {}
-    train_l, def_l = baseline_loader(sets["train"], w, True, 128), baseline_loader(sets["defense"], w, True, 128)
+    train_l, def_l = baseline_loader(sets["train"], w, True, batch_size), baseline_loader(sets["defense"], w, True, 128)
     evals = [baseline_loader(sets[k], w, False, 256) for k in ("test", "poison")]
     torch.manual_seed(0)
-    model = create_model(spec)
+    model = create_model(spec).to(device)
     start = time.perf_counter()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
     for _ in range(w.train_epochs):
@@ -157,7 +163,7 @@ def run_baseline(w: Workload, sets: dict, spec: ModelSpec) -> dict:
     start = time.perf_counter()
     state = model.state_dict()
     for chosen in pruning_sets({k: v.detach() for k, v in masks.items()}, "threshold", sweep_points(PruneParams(), 0)):
-        pruned = create_model(spec)
+        pruned = create_model(spec).to(device)
         pruned.load_state_dict(state)
         layers = mask_layers(pruned, "bn")
         with torch.no_grad():
@@ -171,7 +177,7 @@ def run_baseline(w: Workload, sets: dict, spec: ModelSpec) -> dict:
 # --- rnp -------------------------------------------------------------------------------
 
 
-def run_rnp(w: Workload, sets: dict, spec: ModelSpec, compute: Compute, compile: bool = False) -> tuple[dict, int]:
+def run_rnp(w: Workload, sets: dict, spec: ModelSpec, compute: Compute, compile: bool = False, batch_size: int = 128) -> tuple[dict, int]:
     """Seconds per stage, and how many of the sweep's points pruned a distinct set (each is measured once).
 
     compile: train with `train.compile` (torch.compile; its compile time counts in train's seconds).
@@ -182,7 +188,7 @@ def run_rnp(w: Workload, sets: dict, spec: ModelSpec, compute: Compute, compile:
     torch.manual_seed(0)
     model = compute.place(create_model(spec))
     start = time.perf_counter()
-    fit(model, train, TrainParams(epochs=w.train_epochs, batch_size=128, compile=compile), augment, seeded_generator(0))
+    fit(model, train, TrainParams(epochs=w.train_epochs, batch_size=batch_size, compile=compile), augment, seeded_generator(0))
     t["train"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -208,6 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="fp32,bf16",
                     help="comma-separated precisions rnp runs in (fp32, bf16, auto); a '+compile' suffix also sets train.compile")
+    ap.add_argument("--batch-size", type=int, default=128, help="training batch, both sides (default 128, the reference's)")
     ap.add_argument("--json", help="also write the figures here (default: benchmarks/results/speed_<workload>.json)")
     ap.add_argument("--readme", action="store_true", help="rewrite the README's speed table from every saved result")
     ap.add_argument("--readme-only", action="store_true", help="rewrite the README's speed table from the saved results; run nothing")
@@ -220,13 +227,19 @@ def main(argv: list[str] | None = None) -> dict:
     spec = ModelSpec(w.arch, 10, w.shape, (MEAN,) * w.shape[0], (STD,) * w.shape[0])
     warm = create_model(spec)  # first-call costs (allocator, kernels) are paid here, not by whichever side runs first
     nn.functional.cross_entropy(warm(torch.zeros(8, *w.shape)), torch.zeros(8, dtype=torch.long)).backward()
-    runs = {p: run_rnp(w, sets, spec, resolve_compute(args.device, p.removesuffix("+compile")), p.endswith("+compile"))
-            for p in args.precision.split(",")}
+    runs, peak = {}, {}
+    for p in args.precision.split(","):
+        with peak_memory(args.device) as mib:
+            runs[p] = run_rnp(w, sets, spec, resolve_compute(args.device, p.removesuffix("+compile")), p.endswith("+compile"), args.batch_size)
+        peak[p] = mib()
     ours, distinct = {p: t for p, (t, _) in runs.items()}, {p: n for p, (_, n) in runs.items()}
-    base = run_baseline(w, sets, spec) if args.device == "cpu" or w.name != "c" else {}
+    with peak_memory(args.device) as mib:
+        base = run_baseline(w, sets, spec, args.device, args.batch_size)
+    peak["baseline"] = mib()
     result = {"workload": w.name, "device": args.device, "threads": torch.get_num_threads(), "cpu": cpu_name(),
+              "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None, "batch_size": args.batch_size,
               "n_train": w.n_train * w.train_epochs, "rnp": ours, "baseline": base,
-              "distinct_points": distinct}
+              "distinct_points": distinct, "peak_gpu_mib": peak if args.device.startswith("cuda") else None}
     print(f"{w.name} on {args.device} ({result['cpu']}, {result['threads']} threads)")
     print(speed_table([result]))
     path = Path(args.json) if args.json else RESULTS / f"speed_{args.workload}.json"
@@ -236,6 +249,20 @@ def main(argv: list[str] | None = None) -> dict:
     if args.readme:
         write_saved_table()
     return result
+
+
+@contextlib.contextmanager
+def peak_memory(device: str):
+    """Yields a function giving the peak GPU memory (MiB) allocated inside the block; None off a GPU."""
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    result: dict = {}
+    yield lambda: result.get("mib")
+    if cuda:
+        torch.cuda.synchronize()
+        result["mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
 
 
 def write_saved_table() -> dict:
@@ -272,7 +299,7 @@ def speed_table(results: list[dict]) -> str:
         lines.append(f"| {workload} | {stage} | " + " | ".join(cells) + " |")
 
     for r in results:
-        workload = f"{r['workload']} ({short_cpu(r.get('cpu', '?'))})"
+        workload = f"{r['workload']} ({r.get('gpu') or short_cpu(r.get('cpu', '?'))})"
         base = dict(r["baseline"])
         if base:
             base["defense"] = sum(base[k] for k in DEFENSE)

@@ -60,6 +60,8 @@ def resolve_device(name: str) -> torch.device:
 
 def resolve_compute(device: str, precision: str = "fp32") -> Compute:
     dev = resolve_device(device)
+    if precision == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise RnpError(f"precision bf16 asked for in params, but {torch.cuda.get_device_name(dev)} has no bf16 (use precision: fp32 or auto)")
     bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda" and torch.cuda.is_bf16_supported())
     # channels_last pays off on GPUs, and on CPUs only together with bf16 (fp32 oneDNN eval is slower in it)
     return Compute(dev, bf16, channels_last=bf16 or dev.type == "cuda")

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .data import DATASETS, Dataset, ImageSet
 from .errors import RnpError
 
-__all__ = ["FASHION_MNIST_DIRS", "channel_stats", "from_numpy_hwc", "pad_to", "read_cifar_batch", "read_idx", "resize"]
+__all__ = ["FASHION_MNIST_DIRS", "channel_stats", "find_idx", "from_numpy_hwc", "pad_to", "read_cifar_batch", "read_idx", "resize"]
 
 CIFAR = {
     "cifar10": ("cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a",
@@ -106,7 +106,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
-def _find_idx(root: Path, name: str) -> Path:
+def find_idx(root: Path, name: str) -> Path:
     """The first of <root>, <root>/<dir> and the system-wide folder that holds <name>[.gz]."""
     places = [root] + [root / d for d in FASHION_MNIST_DIRS] + [Path(FASHION_MNIST_SYSTEM)]
     for folder in places:
@@ -149,7 +149,7 @@ def fashion_mnist(root: str, image_size: int = 32) -> Dataset:
     """Fashion-MNIST: 60k/10k 28x28 grey photos of clothing, 10 classes, offline (IDX files), zero-padded to data.image_size."""
 
     def load(split: str) -> ImageSet:
-        images_path, labels_path = (_find_idx(Path(root), f"{split}-{kind}") for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"))
+        images_path, labels_path = (find_idx(Path(root), f"{split}-{kind}") for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"))
         images, labels = read_idx(images_path, 3), read_idx(labels_path, 1)
         if len(images) != len(labels):
             raise RnpError(f"{labels_path}: {len(labels)} labels for the {len(images)} images of {images_path}")

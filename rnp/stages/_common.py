@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..compute import Compute, resolve_compute, resolve_device
+from .. import compute as _compute
+from ..compute import Compute, resolve_device
 from ..data import DeviceData, ImageSet
 from ..errors import RnpError
 from ..io import load_tensors, tensors_bytes
@@ -32,6 +33,14 @@ class DataInfo:
 
     def on(self, data: ImageSet, device: torch.device | Compute) -> DeviceData:
         return DeviceData(data, self.mean, self.std, device)
+
+
+def resolve_compute(device: str, precision: str) -> Compute:
+    """The stage's device and precision; `device: auto` says on stderr what it chose (never a silent CPU)."""
+    chosen = _compute.resolve_compute(device, precision)
+    if device == "auto":
+        print(f"device auto: {chosen.device.type}{' (bf16)' if chosen.bf16 else ''}", file=sys.stderr)
+    return chosen
 
 
 def seed_everything(seed: int) -> None:

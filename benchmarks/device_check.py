@@ -1,0 +1,191 @@
+"""One GPU check that brings back everything worth knowing, in at most 8 minutes on one H100.
+
+    bash benchmarks/device_check.sh --out $OUT           # on a GPU machine
+    bash benchmarks/device_check.sh --dry --out /tmp/dc  # every part on the CPU, tiny, in about a minute (CI runs this)
+
+Parts, in order of value, each a subprocess with its own time budget so that a
+slow part cannot starve the rest:
+
+1. speed: workload (c), CIFAR-10 shapes with ResNet-18: the defense's seconds
+   and training images/s in fp32, bf16 and bf16 + torch.compile, against the
+   reference-style baseline in the same call (benchmarks.speed);
+2. quality: the Fashion-MNIST paper-ratio cell with resnet18 on the full training
+   set, for BadNets, Blend and WaNet, seed 0 (benchmarks.quality);
+3. dvc: the default pipeline with `device: cuda`: wall time, and whether its
+   metrics match the committed CPU metrics within TOLERANCE;
+4. facts: nvidia-smi's name, memory and driver, and each part's peak GPU memory
+   (nvidia-smi, sampled twice a second while the part runs).
+
+Everything lands in <out>/device_check.json (and each part's own JSON beside
+it, six files in all); a summary table is printed at the end. Fashion-MNIST is read from
+data/raw/fashion-mnist (copy the four .gz files there before sending the tree).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TOLERANCE = 0.02  # |GPU - CPU| per metric (fractions): float order differs between devices, one or two images move
+METRICS = {"train": ("ca", "asr"), "prune": ("ca", "asr", "ca_before", "asr_before")}
+
+
+def plan(dry: bool, out: Path, work: Path) -> list[tuple[str, int, list[str]]]:
+    """(part, budget in seconds, command) for each part, GPU-sized or dry."""
+    py = [sys.executable, "-m"]
+    if dry:
+        return [
+            ("speed", 60, [*py, "benchmarks.speed", "--workload", "tiny", "--device", "cpu", "--precision", "fp32,bf16",
+                           "--json", str(out / "speed.json")]),
+            ("quality", 90, [*py, "benchmarks.quality", "--archs", "small_cnn", "--attacks", "badnets", "--seeds", "0",
+                             "--device", "cpu", "--subset", "1200", "--set", "train.epochs=1", "--set", "precision=fp32",
+                             "--results", str(out / "quality"), "--work", str(work / "quality"), "--no-doc"]),
+            ("dvc", 120, [*py, "benchmarks.device_check", "--dvc-part", "cpu", "--out", str(out),
+                         "--set", "train.epochs=2", "--set", "unlearn.max_epochs=2", "--set", "recover.epochs=2"]),
+        ]
+    return [
+        ("speed", 270, [*py, "benchmarks.speed", "--workload", "c", "--device", "cuda", "--precision", "fp32,bf16,bf16+compile",
+                        "--batch-size", "512", "--json", str(out / "speed.json")]),
+        ("quality", 150, [*py, "benchmarks.quality", "--archs", "resnet18", "--attacks", "badnets", "blend", "wanet", "--seeds", "0",
+                          "--device", "cuda", "--results", str(out / "quality"), "--work", str(work / "quality"), "--no-doc"]),
+        ("dvc", 60, [*py, "benchmarks.device_check", "--dvc-part", "cuda", "--out", str(out)]),
+    ]
+
+
+def gpu_facts() -> dict | None:
+    if not shutil.which("nvidia-smi"):
+        return None
+    q = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits"],
+                       capture_output=True, text=True)
+    if q.returncode != 0:
+        return None
+    name, memory, driver = [v.strip() for v in q.stdout.splitlines()[0].split(",")]
+    return {"name": name, "memory_mib": int(memory), "driver": driver}
+
+
+class PeakMemory(threading.Thread):
+    """The most GPU memory in use (all processes, MiB) while a part runs; None without nvidia-smi."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.peak: int | None = None
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while shutil.which("nvidia-smi") and not self.stopped.wait(0.5):
+            q = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"], capture_output=True, text=True)
+            if q.returncode == 0 and q.stdout.strip():
+                self.peak = max(self.peak or 0, int(q.stdout.split()[0]))
+
+    def stop(self) -> int | None:
+        self.stopped.set()
+        self.join()
+        return self.peak
+
+
+def run_part(name: str, budget: int, command: list[str], log: Path) -> dict:
+    sampler = PeakMemory()
+    sampler.start()
+    start = time.perf_counter()
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "PYTHONUNBUFFERED": "1"}
+    try:
+        with log.open("w") as f:
+            rc = subprocess.run(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, timeout=budget, env=env).returncode
+        status = "ok" if rc == 0 else f"failed (exit {rc})"
+    except subprocess.TimeoutExpired:
+        status = f"timed out after {budget} s"
+    seconds = time.perf_counter() - start
+    tail = log.read_text(errors="replace").splitlines()[-15:]
+    print(f"[{name}] {status} in {seconds:.0f} s", flush=True)
+    return {"status": status, "seconds": round(seconds, 1), "budget_s": budget, "peak_gpu_mib": sampler.stop(), "log_tail": tail}
+
+
+def dvc_part(device: str, out: Path, overrides: list[str]) -> dict:
+    """The default pipeline in a scratch copy of the project, with `device` set: `dvc repro` when DVC is installed
+    (it is not on the lent GPU machines), else the same five stages in-process; metrics against the committed ones."""
+    import yaml
+
+    from rnp.config import config_from_dict, with_overrides
+    from rnp.stages import STAGES, run_all
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    changes = {"device": device, **{k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in overrides)}}
+    params = with_overrides(params, changes)
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        start = time.perf_counter()
+        if shutil.which("dvc") and shutil.which("git"):
+            for name in ("dvc.yaml", ".dvcignore"):
+                shutil.copy(ROOT / name, scratch / name)
+            for folder in ("rnp", ".dvc"):
+                shutil.copytree(ROOT / folder, scratch / folder, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))
+            (scratch / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+            env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(scratch)}
+            subprocess.run(["git", "init", "-q"], cwd=scratch, check=True)
+            subprocess.run(["dvc", "repro", "-q"], cwd=scratch, check=True, env=env)
+            how = "dvc repro"
+            got = {s: json.loads((scratch / "data" / s / "metrics.json").read_text()) for s in METRICS}
+        else:
+            got = run_all(config_from_dict(params), scratch / "data")
+            how = "the five stages in-process (no dvc here)"
+        wall = time.perf_counter() - start
+    committed = {s: json.loads((ROOT / "data" / s / "metrics.json").read_text()) for s in STAGES if s in METRICS}
+    diffs = {f"{s}.{k}": abs(got[s][k] - committed[s][k]) for s, keys in METRICS.items() for k in keys}
+    comparable = not overrides  # a shortened (dry) run cannot match the committed full one
+    result = {"device": device, "how": how, "wall_s": round(wall, 1), "overrides": changes, "metrics": {s: got[s] for s in METRICS},
+              "max_abs_diff_vs_committed_cpu": max(diffs.values()), "diffs": diffs, "tolerance": TOLERANCE,
+              "matches_cpu": max(diffs.values()) <= TOLERANCE if comparable else None}
+    (out / "dvc.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def summary(report: dict) -> str:
+    lines = [f"device check on {report['gpu']['name'] if report['gpu'] else 'CPU (dry)'}", "| part | status | s | peak GPU MiB |", "|---|---|---:|---:|"]
+    for name, part in report["parts"].items():
+        lines.append(f"| {name} | {part['status']} | {part['seconds']:.0f} | {part['peak_gpu_mib'] if part['peak_gpu_mib'] is not None else '—'} |")
+    out = Path(report["out"])
+    if (out / "speed.json").exists():
+        s = json.loads((out / "speed.json").read_text())
+        for p, t in s["rnp"].items():
+            defense = t["unlearn"] + t["recover"] + t["prune"]
+            base = s["baseline"]
+            ratio = f", {sum(base[k] for k in ('unlearn', 'recover', 'prune')) / defense:.1f}x the baseline" if base else ""
+            lines.append(f"speed {p}: defense {defense:.1f} s{ratio}; training {s['n_train'] / t['train']:.0f} images/s")
+    if (out / "dvc.json").exists():
+        d = json.loads((out / "dvc.json").read_text())
+        match = "not comparable (shortened run)" if d["matches_cpu"] is None else d["matches_cpu"]
+        lines.append(f"dvc ({d['how']}): {d['wall_s']:.0f} s; metrics within {d['tolerance']} of the committed CPU run: {match} "
+                     f"(largest difference {d['max_abs_diff_vs_committed_cpu']:.4f})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ROOT / "results" / "device_check")))
+    ap.add_argument("--dry", action="store_true", help="every part on the CPU, tiny: checks the script, measures nothing")
+    ap.add_argument("--dvc-part", choices=["cpu", "cuda"], help=argparse.SUPPRESS)  # the dvc part, run as its own process
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.dvc_part:
+        return dvc_part(args.dvc_part, args.out, args.set)
+    report = {"dry": args.dry, "out": str(args.out), "gpu": gpu_facts(), "parts": {}}
+    with tempfile.TemporaryDirectory() as work:
+        for name, budget, command in plan(args.dry, args.out, Path(work)):
+            report["parts"][name] = run_part(name, budget, command, Path(work) / f"{name}.log")
+            (args.out / "device_check.json").write_text(json.dumps(report, indent=2))
+    print(summary(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()
