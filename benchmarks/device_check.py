@@ -53,7 +53,7 @@ def plan(dry: bool, out: Path, work: Path) -> list[tuple[str, int, list[str]]]:
                          "--set", "train.epochs=2", "--set", "unlearn.max_epochs=2", "--set", "recover.epochs=2"]),
         ]
     return [
-        ("speed", 270, [*py, "benchmarks.speed", "--workload", "c", "--device", "cuda", "--precision", "fp32,bf16,bf16+compile",
+        ("speed", 270, [*py, "benchmarks.speed", "--workload", "c", "--device", "cuda", "--precision", "bf16,fp32,bf16+compile",
                         "--batch-size", "512", "--json", str(out / "speed.json")]),
         ("quality", 150, [*py, "benchmarks.quality", "--archs", "resnet18", "--attacks", "badnets", "blend", "wanet", "--seeds", "0",
                           "--device", "cuda", "--results", str(out / "quality"), "--work", str(work / "quality"), "--no-doc"]),
