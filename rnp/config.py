@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -348,6 +349,8 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
     }[hint]
     if not ok:
         raise RnpError(f"{key} must be {hint.__name__}, got {value!r}")
+    if hint is float and not math.isfinite(value):
+        raise RnpError(f"{key} must be a finite number, got {value!r}")
     return float(value) if hint is float else value
 
 

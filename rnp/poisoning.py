@@ -53,6 +53,8 @@ def poison(ds: Dataset, data: DataParams, attack: AttackParams, seed: int, clean
     # 1) choose the images to poison
     eligible = torch.arange(len(train))[eligible_for_poison(train.labels, attack, build.clean_label)]
     n_poison = 0 if clean else int(round(attack.rate * len(train)))
+    if n_poison == 0 and not clean:
+        raise RnpError(f"attack.rate {attack.rate} poisons 0 of the {len(train)} training images (at least {0.5 / len(train):.2g} poisons one)")
     if n_poison > len(eligible):
         which = "target-class" if build.clean_label else "eligible"
         raise RnpError(f"attack.rate {attack.rate} asks for {n_poison} poisoned images, only {len(eligible)} are {which} ({attack.name})")
