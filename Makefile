@@ -18,15 +18,15 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc metrics show
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc metrics show
 
 fashion: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc exp run -n fashion-mnist $$($(BIN)/rnp preset fashion_mnist)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc metrics show
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc exp run -n fashion-mnist $$($(BIN)/rnp preset fashion_mnist)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc metrics show
 
 test: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n 2 --durations=10
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n 2 --durations=10
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -33,19 +33,38 @@ __all__ = [
 META_KEY = "rnp"  # safetensors metadata is str -> str; ours is one JSON document under this key
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` via a temp file in the same folder + rename: readers see old or new, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_temp(target: Path, data: bytes) -> Path:
+    """`data` in a hidden temp file beside `target`, synced to disk, with the mode a plain open() would give.
+
+    mkstemp creates files 0600; on a shared (cluster) file system the group could then not read the results.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` via a temp file in the same folder + rename: readers see old or new, never half."""
+    tmp = _write_temp(Path(path), data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -119,13 +138,7 @@ class StageWriter:
 
     def write(self, name: str, data: bytes) -> Path:
         target = self.out_dir / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        self._pending.append((Path(tmp), target))
+        self._pending.append((_write_temp(target, data), target))
         return target
 
     def commit(self) -> None:
@@ -135,9 +148,11 @@ class StageWriter:
         for _, target in ordered:
             if target.name == "metrics.json":
                 target.unlink(missing_ok=True)
-        for tmp, target in ordered:
-            os.replace(tmp, target)
-        self._pending.clear()
+        try:
+            for tmp, target in ordered:
+                os.replace(tmp, target)
+        finally:  # a failed rename (disk, permissions) leaves no temp file behind; metrics.json, renamed last, stays absent
+            self.abort()
 
     def abort(self) -> None:
         for tmp, _ in self._pending:

@@ -60,3 +60,37 @@ def test_no_two_grid_jobs_write_the_same_folder():
             params = yaml.safe_dump(level_params(default_params(), config, cell, level), sort_keys=True)
             assert jobs.setdefault(folder, params) == params, f"two different jobs would write {folder}"
     assert len(jobs) == 2 * 2 * 2 + 2 * 2 * 2 * 2 + 2 * 2 * 2 * 2 * 2  # shared upstreams, distinct cells
+
+
+def test_a_rename_failing_mid_publish_leaves_no_temp_file_and_no_metrics(tmp_path, monkeypatch):
+    from rnp.io import StageWriter
+
+    real_replace, calls = os.replace, []
+
+    def flaky(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", flaky)
+    with pytest.raises(OSError, match="No space left"):
+        with StageWriter(tmp_path) as w:
+            for name in ("a.bin", "b.bin", "c.bin", "metrics.json"):
+                w.write(name, b"x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]  # no .tmp left; no metrics.json: not a finished stage
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_outputs_honour_the_umask(tmp_path, umask):
+    from rnp.io import StageWriter, atomic_write_bytes
+
+    old = os.umask(umask)
+    try:
+        with StageWriter(tmp_path / "stage") as w:
+            w.write("metrics.json", b"{}")
+        atomic_write_bytes(tmp_path / "summary.csv", b"a\n")
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "stage" / "metrics.json", tmp_path / "summary.csv"):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask
