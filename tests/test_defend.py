@@ -173,3 +173,32 @@ def test_speed_benchmark_runs_on_a_tiny_workload(capsys):
     assert set(result["rnp"]) == {"fp32", "bf16"}
     assert set(result["rnp"]["fp32"]) == set(result["rnp"]["bf16"]) == set(result["baseline"]) == {"train", "unlearn", "recover", "prune"}
     assert "speed-up fp32" in out and "speed-up bf16" in out and "defense" in out and "images/s" in out
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--std", "0"], "--std must be finite and > 0, got '0'"),
+    (["--mean", "nan"], "--mean must be finite, got 'nan'"),
+    (["--defense-size", "-5"], "--defense-size must be >= 1, got -5"),
+    (["--image-size", "0"], "--image-size must be >= 1, got 0"),
+])
+def test_degenerate_numbers_are_one_line_before_any_work(tmp_path, capsys, flags, message):
+    out = tmp_path / "purified.safetensors"
+    model = tmp_path / "never-read.safetensors"
+    assert main(["defend", "--model", str(model), "--arch", "small_cnn", "--data", "digits", "--out", str(out), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_an_unwritable_out_folder_is_named_before_any_work(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    assert main(["defend", "--model", "m.safetensors", "--arch", "small_cnn", "--data", "digits", "--out", str(locked / "x.safetensors")]) == 2
+    assert "is not a writable folder" in capsys.readouterr().err
+
+
+def test_an_out_path_under_a_file_is_named_before_any_work(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile" / "sub" / "x.safetensors"
+    assert main(["defend", "--model", "m.safetensors", "--arch", "small_cnn", "--data", "digits", "--out", str(out)]) == 2
+    assert f"--out {out}: {tmp_path / 'afile'} is not a writable folder" in capsys.readouterr().err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 import time
 from pathlib import Path
 
@@ -42,21 +44,39 @@ def clean_data(spec: str, cfg: Config, defense_size: int, image_size: int):
     return train.subset(pick.sort().values), test, ds.num_classes, ds.mean, ds.std
 
 
-def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
+def _floats(text: str | None, what: str, positive: bool = False) -> tuple[float, ...] | None:
     if text is None:
         return None
     try:
-        return tuple(float(v) for v in text.split(","))
+        values = tuple(float(v) for v in text.split(","))
     except ValueError:
         raise RnpError(f"{what} must be comma-separated numbers, got {text!r}") from None
+    if not all(math.isfinite(v) and (v > 0 or not positive) for v in values):
+        raise RnpError(f"{what} must be finite{' and > 0' if positive else ''}, got {text!r}")
+    return values
+
+
+def check_arguments(out: Path, defense_size: int, image_size: int) -> None:
+    """What can be checked before any work: counts, and that the output folder can be written."""
+    if out.suffix != ".safetensors":
+        raise RnpError(f"--out {out} must end in .safetensors")
+    if defense_size < 1:
+        raise RnpError(f"--defense-size must be >= 1, got {defense_size}")
+    if image_size < 1:
+        raise RnpError(f"--image-size must be >= 1, got {image_size}")
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise RnpError(f"--out {out}: {folder} is not a writable folder")
 
 
 def run(cfg: Config, model_path: Path, arch: str, data: str, out: Path, defense_size: int = 500, image_size: int = 32,
         mean: str | None = None, std: str | None = None, mask_on: str = "auto", force: bool = False) -> dict:
-    if out.suffix != ".safetensors":
-        raise RnpError(f"--out {out} must end in .safetensors")
+    check_arguments(out, defense_size, image_size)
+    mean_v, std_v = _floats(mean, "--mean"), _floats(std, "--std", positive=True)
     clean, evaluation, classes, data_mean, data_std = clean_data(data, cfg, defense_size, image_size)
-    mean_v, std_v = _floats(mean, "--mean") or data_mean, _floats(std, "--std") or data_std
+    mean_v, std_v = mean_v or data_mean, std_v or data_std
     channels = clean.images.shape[1]
     if len(mean_v) != channels or len(std_v) != channels:
         raise RnpError(f"--mean/--std need {channels} values (the images have {channels} channels)")
