@@ -143,8 +143,11 @@ class DeviceData:
         """Shuffled (when `gen` is given) batches; augmentation needs `gen` too."""
         n = len(self)
         order = torch.randperm(n, generator=gen, device=gen.device).to(self.images.device) if gen else None
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size] if order is not None else slice(start, start + batch_size)
+        bounds = [*range(0, n, batch_size), n]
+        if gen is not None and len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+            del bounds[-2]  # a last training batch of one image breaks train-mode BatchNorm on 1x1 maps: merge it
+        for start, end in zip(bounds, bounds[1:]):
+            idx = order[start:end] if order is not None else slice(start, end)
             x = self.images[idx]
             if gen is not None and crop_padding:
                 x = random_crop(x, crop_padding, gen)

@@ -13,7 +13,7 @@ from rnp.data import load_dataset
 from rnp.purify import defend
 from rnp.errors import RnpError
 from rnp.metrics import attack_metrics
-from rnp.models import ModelSpec, create_model, load_model
+from rnp.models import ModelSpec, create_model, load_model, model_bytes
 from rnp.stages._common import load_imageset
 from rnp.training import run_epoch, seeded_generator
 
@@ -202,3 +202,28 @@ def test_an_out_path_under_a_file_is_named_before_any_work(tmp_path, capsys):
     out = tmp_path / "afile" / "sub" / "x.safetensors"
     assert main(["defend", "--model", "m.safetensors", "--arch", "small_cnn", "--data", "digits", "--out", str(out)]) == 2
     assert f"--out {out}: {tmp_path / 'afile'} is not a writable folder" in capsys.readouterr().err
+
+
+def test_mask_on_bn_for_a_model_without_bn_is_named_before_unlearning(tmp_path, capsys):
+    spec = ModelSpec("small_cnn_gn", 10, (1, 8, 8), (0.5,), (0.25,))
+    path = tmp_path / "gn.safetensors"
+    path.write_bytes(model_bytes(create_model(spec), spec, {}))
+    out = tmp_path / "out.safetensors"
+    assert main(["defend", "--model", str(path), "--arch", "small_cnn_gn", "--data", "digits", "--out", str(out), "--mask-on", "bn"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--mask-on bn: small_cnn_gn has no such layer to mask" in err and len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_a_last_training_batch_of_one_image_is_merged_not_fed_to_batchnorm_alone():
+    """torchvision's ResNet-18 has 1x1 maps in its last stage at 32x32: a batch of one image there is a BatchNorm error."""
+    from rnp.data import DeviceData, ImageSet
+    from rnp.config import AugmentParams
+
+    data = ImageSet(torch.randint(0, 256, (65, 3, 32, 32), dtype=torch.uint8), torch.arange(65) % 10)
+    device_data = DeviceData(data, (0.5,) * 3, (0.25,) * 3, "cpu")
+    assert [len(y) for _, y in device_data.batches(64, seeded_generator(0))] == [65]
+    assert [len(y) for _, y in device_data.batches(64)] == [64, 1]  # evaluation (eval-mode BN) keeps every batch as it is
+    model = create_model(ModelSpec("torchvision:resnet18", 10, (3, 32, 32), (0.5,) * 3, (0.25,) * 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    stats = run_epoch(model, device_data, opt, 64, seeded_generator(0), AugmentParams())
+    assert 0 <= stats.acc <= 1

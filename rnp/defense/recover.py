@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..errors import RnpError
 from ..config import AugmentParams, RecoverParams
 from ..data import DeviceData
 from ..training import EpochStats, run_epoch
@@ -94,7 +95,7 @@ def recover(
     model.requires_grad_(False)
     masks = attach_masks(model, mask_on)
     if not masks:
-        raise ValueError(f"the model has no layer to mask (mask_on={mask_on}); try recover.mask_on: conv")
+        raise RnpError(f"the model has no {mask_on} layer to mask (auto picks bn, norm or conv, whichever it has)")
     # 2) only the masks learn
     optimizer = torch.optim.SGD(masks.values(), lr=p.lr, momentum=p.momentum)
 

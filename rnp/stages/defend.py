@@ -11,6 +11,7 @@ import torch
 
 from ..config import Config
 from ..data import DeviceData, load_dataset
+from ..defense import MASK_ON, mask_layers
 from ..purify import defend
 from ..errors import RnpError
 from ..io import StageWriter, csv_bytes, json_bytes, tensors_bytes
@@ -82,6 +83,8 @@ def run(cfg: Config, model_path: Path, arch: str, data: str, out: Path, defense_
         raise RnpError(f"--mean/--std need {channels} values (the images have {channels} channels)")
     spec = ModelSpec(arch, classes, tuple(clean.images.shape[1:]), mean_v, std_v)
     model = load_untrusted(model_path, spec)
+    if not mask_layers(model, mask_on):
+        raise RnpError(f"--mask-on {mask_on}: {arch} has no such layer to mask (use one of {', '.join(MASK_ON)})")
     compute = resolve_compute(cfg.device, cfg.precision)
     seed_everything(cfg.seed)
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from ..config import Config
-from ..defense import recover
+from ..defense import MASK_ON, mask_layers, recover
+from ..errors import RnpError
 from ..io import StageWriter, csv_bytes, json_bytes, tensors_bytes
 from ..models import load_model
 from ..plots import masks_png
@@ -21,6 +22,8 @@ __all__ = ["run"]
 def run(cfg: Config, poison_dir: Path, unlearn_dir: Path, out: Path) -> dict:
     defense_set, info, _ = load_imageset(poison_dir / "defense.safetensors")
     unlearned, spec, _ = load_model(unlearn_dir / "model.safetensors", hint=" (run the unlearn stage first: dvc repro unlearn)")
+    if not mask_layers(unlearned, cfg.recover.mask_on):
+        raise RnpError(f"recover.mask_on {cfg.recover.mask_on}: {spec.arch} has no such layer to mask (use one of {', '.join(MASK_ON)})")
     compute = resolve_compute(cfg.device, cfg.precision)
     seed_everything(cfg.seed)
     compute.place(unlearned)
