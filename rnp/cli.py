@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -11,9 +12,12 @@ from .errors import RnpError
 
 __all__ = ["main"]
 
+DEBUG_ENV = "RNP_DEBUG"
+
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="rnp", description="Reconstructive Neuron Pruning: backdoor defense pipeline.")
+    ap.add_argument("--debug", action="store_true", help=f"show the traceback of an internal error (or set {DEBUG_ENV}=1)")
     sub = ap.add_subparsers(dest="command", required=True)
 
     def stage(name: str, help: str, *inputs: str) -> None:
@@ -88,9 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         _run(args)
-    except RnpError as e:
+    except RnpError as e:  # the user's input: one line, exit 2
         print(f"rnp {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # a bug of ours, not the user's: one line that says so, exit 1
+        if args.debug or os.environ.get(DEBUG_ENV):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        print(f"rnp {args.command}: internal error: {type(e).__name__}: {first} (rnp --debug {args.command} ... "
+              f"or {DEBUG_ENV}=1 shows the traceback; please report it)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -184,3 +184,21 @@ def test_bad_data_files(tmp_path, capsys, default_run, case, message):
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not out.exists() and not marker.exists()
+
+
+def test_an_internal_error_is_one_line_that_says_so_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    from rnp.stages import poison
+
+    def bug(*args, **kwargs):
+        raise ZeroDivisionError("division by zero\nsecond line")
+
+    monkeypatch.setattr(poison, "run", bug)
+    params = str(_params(tmp_path, "seed", 0))
+    assert main(["poison", "--params", params, "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rnp poison: internal error: ZeroDivisionError: division by zero (rnp --debug poison") and len(err.splitlines()) == 1
+    with pytest.raises(ZeroDivisionError):
+        main(["--debug", "poison", "--params", params, "--out", str(tmp_path / "out")])
+    monkeypatch.setenv("RNP_DEBUG", "1")
+    with pytest.raises(ZeroDivisionError):
+        main(["poison", "--params", params, "--out", str(tmp_path / "out")])
