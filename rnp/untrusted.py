@@ -55,5 +55,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 def load_untrusted(path: str | Path, spec: ModelSpec) -> nn.Module:
     """Build spec.arch for the data and load the file's weights into it; mismatches are named by layer."""
     model = create_model(spec)
-    load_state(model, read_state_dict(path), str(path))
+    state = read_state_dict(path)
+    if all(k.startswith("net.") for k in state) and not any(k.startswith("net.") for k in model.state_dict()):
+        state = {k[len("net."):]: v for k, v in state.items()}  # grey torchvision models saved by earlier rnp versions
+    load_state(model, state, str(path))
     return model

@@ -227,3 +227,19 @@ def test_a_last_training_batch_of_one_image_is_merged_not_fed_to_batchnorm_alone
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     stats = run_epoch(model, device_data, opt, 64, seeded_generator(0), AugmentParams())
     assert 0 <= stats.acc <= 1
+
+
+@pytest.mark.parametrize("prefix", ["", "net."])
+def test_a_plain_torchvision_state_dict_loads_for_grey_images(tmp_path, prefix):
+    """Grey data with a torchvision architecture: the file has torchvision's own keys (or rnp's older `net.` ones)."""
+    import torchvision
+    from safetensors.torch import save_file
+
+    from rnp.untrusted import load_untrusted
+
+    net = torchvision.models.resnet18(num_classes=10)
+    save_file({prefix + k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "plain.safetensors"))
+    spec = ModelSpec("torchvision:resnet18", 10, (1, 32, 32), (0.5,), (0.25,))
+    model = load_untrusted(tmp_path / "plain.safetensors", spec).eval()
+    x = torch.rand(2, 1, 32, 32)
+    assert torch.allclose(model(x), net.eval()(x.expand(-1, 3, -1, -1)))

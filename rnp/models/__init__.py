@@ -59,15 +59,10 @@ def _check_input(model: nn.Module, spec: ModelSpec) -> None:
         raise RnpError(f"model.arch {spec.arch} gives outputs of shape {tuple(out.shape)}, expected (1, {spec.num_classes})")
 
 
-class GreyToRGB(nn.Module):
-    """Feeds 1-channel images to a 3-channel network by repeating the channel."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x):
-        return self.net(x.expand(-1, 3, -1, -1))
+def repeat_grey(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: 1-channel images into a 3-channel network, the channel repeated. A hook rather than a
+    wrapper module, so that the state dict keeps torchvision's own keys and a plain torchvision file loads."""
+    return (args[0].expand(-1, 3, -1, -1), *args[1:])
 
 
 def torchvision_classifier(name: str, num_classes: int, in_channels: int) -> nn.Module:
@@ -79,7 +74,9 @@ def torchvision_classifier(name: str, num_classes: int, in_channels: int) -> nn.
         raise RnpError(f"model.arch {TORCHVISION}{name} takes 1- or 3-channel images, the data set has {in_channels}")
     extra = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
     net = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **extra)
-    return GreyToRGB(net) if in_channels == 1 else net
+    if in_channels == 1:
+        net.register_forward_pre_hook(repeat_grey)
+    return net
 
 
 @MODELS.register(TORCHVISION + "<name>")
