@@ -59,21 +59,36 @@ def masks_png(masks: dict[str, torch.Tensor], threshold: float | None = None) ->
     return _png(fig)
 
 
-def curve_png(rows: list[dict], x: str, selected: int | None, oracle: int) -> bytes:
-    """CA and ASR along the pruning sweep, with the chosen and the oracle points marked."""
+SERIES = {  # curve column -> (legend label, style); a curve draws the columns it has
+    "ca": ("test clean accuracy (CA)", "o-"),
+    "asr": ("attack success rate (ASR)", "s-"),
+    "holdout_acc": ("held-out clean accuracy (chooses t)", "^:"),
+}
+
+
+def curve_png(rows: list[dict], x: str, selected: int | None, oracle: int | None = None, before: dict | None = None) -> bytes:
+    """The pruning sweep: every measured column, the unpruned model left of the first point, the chosen and oracle points."""
     xs = [r[x] for r in rows]
+    step = (xs[1] - xs[0]) if len(xs) > 1 and xs[1] != xs[0] else 1.0
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    ax.plot(xs, [100 * r["ca"] for r in rows], "o-", ms=3, label="clean accuracy (CA)")
-    ax.plot(xs, [100 * r["asr"] for r in rows], "s-", ms=3, label="attack success (ASR)")
-    ax.plot(xs, [100 * r["holdout_acc"] for r in rows], ":", color="grey", label="held-out defense acc")
+    for key, (label, style) in SERIES.items():
+        if key not in rows[0]:
+            continue
+        line, = ax.plot(xs, [100 * r[key] for r in rows], style, ms=3, label=label)
+        if before is not None and key in before:
+            ax.plot([xs[0] - step], [100 * before[key]], style[0], ms=6, mfc="none", color=line.get_color())
+    if before is not None:
+        ax.axvline(xs[0] - step, color="0.8", lw=0.8)
+        ax.annotate("unpruned", (xs[0] - step, 101), fontsize=6, ha="center", va="bottom")
     if selected is None:
-        ax.plot([], [], color="tab:green", label="selected: nothing (every point over the clean budget)")
+        ax.plot([], [], color="tab:green", label="selected: nothing pruned")
     else:
         ax.axvline(xs[selected], color="tab:green", lw=1.2, label=f"selected {x}={xs[selected]:g}")
-    ax.axvline(xs[oracle], color="tab:red", lw=1, ls="--", label=f"oracle {x}={xs[oracle]:g}")
+    if oracle is not None:
+        ax.axvline(xs[oracle], color="tab:red", lw=1, ls="--", label=f"oracle {x}={xs[oracle]:g} (test labels)")
     ax.set_xlabel("mask threshold" if x == "threshold" else "channels pruned")
     ax.set_ylabel("%")
-    ax.set_ylim(-2, 102)
+    ax.set_ylim(-2, 108)
     ax.legend(fontsize=7, loc="center left")
     ax.set_title("RNP pruning sweep", fontsize=9)
     return _png(fig)

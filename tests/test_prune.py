@@ -122,3 +122,25 @@ def test_masks_that_fail_leave_the_model_unpruned_and_say_so(tmp_path, capsys, d
     original, _, _ = load_model(root / "train/model.safetensors")
     kept, _, _ = load_model(tmp_path / "prune/model.safetensors")
     assert all(torch.equal(a, b) for a, b in zip(original.state_dict().values(), kept.state_dict().values()))
+
+
+def _legend(monkeypatch, **kwargs) -> list[str]:
+    import rnp.plots as plots
+
+    seen = {}
+    monkeypatch.setattr(plots, "_png", lambda fig: seen.setdefault("labels", [t.get_text() for t in fig.axes[0].get_legend().get_texts()]))
+    plots.curve_png(**kwargs)
+    return seen["labels"]
+
+
+def test_defend_curve_shows_only_what_defend_measured(monkeypatch):
+    rows = [{"threshold": t, "holdout_acc": 0.9 - t / 4} for t in (0.0, 0.05, 0.1)]
+    labels = _legend(monkeypatch, rows=rows, x="threshold", selected=1, before={"holdout_acc": 0.92})
+    assert labels == ["held-out clean accuracy (chooses t)", "selected threshold=0.05"]
+
+
+def test_prune_curve_names_test_ca_asr_heldout_and_the_oracle(monkeypatch):
+    rows = [{"threshold": t, "holdout_acc": 0.9, "ca": 0.9, "asr": 1 - 2 * t, "ra": 0.0} for t in (0.0, 0.05, 0.1)]
+    labels = _legend(monkeypatch, rows=rows, x="threshold", selected=None, oracle=2, before={"ca": 0.95, "asr": 1.0, "holdout_acc": 0.9})
+    assert labels == ["test clean accuracy (CA)", "attack success rate (ASR)", "held-out clean accuracy (chooses t)",
+                      "selected: nothing pruned", "oracle threshold=0.1 (test labels)"]

@@ -109,5 +109,6 @@ def run(cfg: Config, model_path: Path, arch: str, data: str, out: Path, defense_
 
 
 def _curve_png(curve: list[dict], report: dict) -> bytes:
-    rows = [{**r, "ca": r["holdout_acc"], "asr": float("nan")} for r in curve]
-    return curve_png(rows, "threshold", report["selected"], report["selected"] or 0)
+    """defend measures held-out clean accuracy only: no test CA, no ASR, no oracle."""
+    rows = [{"threshold": r["threshold"], "holdout_acc": r["holdout_acc"]} for r in curve]
+    return curve_png(rows, "threshold", report["selected"] if report["pruned"] else None, before={"holdout_acc": report["holdout_acc_before"]})

@@ -95,7 +95,7 @@ def run(cfg: Config, poison_dir: Path, train_dir: Path, recover_dir: Path, out: 
     with StageWriter(out) as w:
         w.write("model.safetensors", model_bytes(model, spec, {"params": cfg.to_dict(), "stage": "prune", "pruned": chosen_point.pruned, "threshold": chosen_point.threshold}))
         w.write("curve.csv", csv_bytes(rows))
-        w.write("curve.png", curve_png(rows, x, selected, oracle))
+        w.write("curve.png", curve_png(rows, x, selected, oracle, {**before, "holdout_acc": base_holdout}))
         w.write("masks.png", masks_png(masks, chosen_point.threshold if selected is not None else None))
         w.write("metrics.json", json_bytes(metrics))
     if selected is None:
