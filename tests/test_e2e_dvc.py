@@ -42,6 +42,10 @@ def test_dvc_repro_reruns_only_what_changed(project):
     metrics = json.loads((repo / "data/prune/metrics.json").read_text())
     assert metrics["asr"] <= 0.05 and metrics["ca"] >= metrics["ca_before"] - 0.03
     assert json.loads(sh(["dvc", "status", "--json"], repo, env)) == {}
+    plots = json.loads(sh(["dvc", "plots", "show", "--json"], repo, env))
+    defined = yaml.safe_load((repo / "dvc.yaml").read_text())["plots"]
+    names = [next(iter(p)) if isinstance(p, dict) else p for p in defined]
+    assert list(plots["data"]) == names and not plots.get("errors")  # every plot defined, none a default row-index plot
     sh("git add -A && git commit -qm 'pipeline run'", repo, env)
 
     # 2) a prune param changes: only prune is stale, only prune reruns
