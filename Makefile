@@ -19,11 +19,11 @@ $(VENV)/.installed: pyproject.toml
 
 run: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc metrics show
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/rnp report
 
 fashion: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc exp run -n fashion-mnist $$($(BIN)/rnp preset fashion_mnist)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc metrics show
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/rnp report
 
 test: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -n 2 --durations=10

@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     stage("recover", "recover: learn BN channel masks on the unlearned model", "poison", "unlearn")
     stage("prune", "prune the original model by mask value, choose a point, export", "poison", "train", "recover")
     sub.add_parser("list", help="list data sets, attacks and architectures")
+    rp = sub.add_parser("report", help="the one table of a pipeline run: CA/ASR/RA of every model it made")
+    rp.add_argument("--data", type=Path, default=Path("data"), help="the stages' output folders (default: data)")
+    rp.add_argument("--md", action="store_true", help="a markdown table")
     pr = sub.add_parser("preset", help="print a named params set as `dvc exp run` flags: dvc exp run $(rnp preset fashion_mnist)")
     pr.add_argument("name", help="e.g. fashion_mnist (the paper's ratios on real images)")
     d = sub.add_parser("defend", help="purify a model someone else trained, with a little clean data")
@@ -60,6 +63,11 @@ def _run(args: argparse.Namespace) -> None:
             print(f"{registry.kind}s ({registry.key}):")
             for name, line in registry.describe().items():
                 print(f"  {name:<18} {line}")
+        return
+    if args.command == "report":
+        from .stages import report
+
+        report.run(args.data, args.md)
         return
     if args.command == "preset":
         from .presets import dvc_flags

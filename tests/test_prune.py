@@ -144,3 +144,16 @@ def test_prune_curve_names_test_ca_asr_heldout_and_the_oracle(monkeypatch):
     labels = _legend(monkeypatch, rows=rows, x="threshold", selected=None, oracle=2, before={"ca": 0.95, "asr": 1.0, "holdout_acc": 0.9})
     assert labels == ["test clean accuracy (CA)", "attack success rate (ASR)", "held-out clean accuracy (chooses t)",
                       "selected: nothing pruned", "oracle threshold=0.1 (test labels)"]
+
+
+def test_report_is_one_row_per_model_with_the_stage_metrics(default_run, capsys):
+    from rnp.cli import main
+
+    _, root, metrics = default_run
+    assert main(["report", "--data", str(root), "--md"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in lines[2:]}
+    assert list(rows) == ["backdoored (train)", "unlearned", "masks (recover)", "purified (prune)", "oracle (test labels)"]
+    assert f"| {100 * metrics['prune']['ca']:.1f} % | {100 * metrics['prune']['asr']:.1f} % |" in rows["purified (prune)"]
+    assert f"{metrics['recover']['zero_masks']} at 0" in rows["masks (recover)"]
+    assert main(["report", "--data", str(root / "nowhere")]) == 2
