@@ -155,3 +155,13 @@ def test_tiny_grid_runs_on_a_real_slurm_cluster(slurm, project):
     assert submitted == {"poison", "train", "unlearn", "recover", "prune"}
     rows = (repo / "results/summary.csv").read_text().splitlines()
     assert len(rows) == 2
+
+
+def test_config_alone_keeps_the_default_grid_and_params_files_cost_no_job(project):
+    repo, env = project
+    default = job_counts(smk(["-n"], repo, env).stdout)
+    assert job_counts(smk(["-n", "--config", "results=elsewhere"], repo, env).stdout) == default
+    assert not any(rule.startswith("params") for rule in default)  # each stage writes its own params file
+    bad = smk(["-n", "--config", "attacks=oops"], repo, env, check=False)
+    assert bad.returncode != 0 and "grid config: ValidationError: 'oops' is not of type 'array'" in bad.stdout + bad.stderr
+    assert "Failed validating" not in bad.stdout + bad.stderr  # the reason, not the schema dump
