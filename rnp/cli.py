@@ -15,10 +15,17 @@ __all__ = ["main"]
 DEBUG_ENV = "RNP_DEBUG"
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line too (argparse prints the usage block first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="rnp", description="Reconstructive Neuron Pruning: backdoor defense pipeline.")
+    ap = _Parser(prog="rnp", description="Reconstructive Neuron Pruning: backdoor defense pipeline.")
     ap.add_argument("--debug", action="store_true", help=f"show the traceback of an internal error (or set {DEBUG_ENV}=1)")
-    sub = ap.add_subparsers(dest="command", required=True)
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def stage(name: str, help: str, *inputs: str) -> None:
         sp = sub.add_parser(name, help=help)
@@ -97,7 +104,10 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2), already printed
+        return int(e.code or 0)
     try:
         _run(args)
     except RnpError as e:  # the user's input: one line, exit 2

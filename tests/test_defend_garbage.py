@@ -1,0 +1,106 @@
+"""Generated garbage at `rnp defend`: model files, image folders and flags. Exit 0, or exit 2 with one line;
+never a traceback or an internal error, and the inputs are never changed."""
+
+import hashlib
+import io
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from rnp.cli import main
+from rnp.models import ModelSpec, create_model, model_bytes
+
+from .conftest import default_params
+
+SPEC = ModelSpec("small_cnn", 2, (3, 8, 8), (0.5,) * 3, (0.25,) * 3)
+GOOD_MODEL = model_bytes(create_model(SPEC), SPEC, {})
+
+
+def _safetensors(header: object, payload: bytes = b"") -> bytes:
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + payload
+
+
+BAD_MODELS = {  # name -> bytes; the test draws names, so a failing example prints short
+    "good": GOOD_MODEL,
+    "wrong keys": _safetensors({"x": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, b"\0" * 16),
+    "offsets past the end": _safetensors({"x": {"dtype": "F32", "shape": [1000], "data_offsets": [0, 4000]}}),
+    "header not a mapping": _safetensors("not a mapping"),
+    "a pickle": b"\x80\x02}q\x00.",
+}
+MODEL_FILES = st.one_of(
+    st.sampled_from(sorted(BAD_MODELS)),
+    st.tuples(st.just("truncated"), st.integers(1, len(GOOD_MODEL) - 1)),
+    st.tuples(st.just("random bytes"), st.binary(max_size=64)),
+)
+
+
+def model_bytes_for(recipe) -> bytes:
+    if isinstance(recipe, str):
+        return BAD_MODELS[recipe]
+    kind, arg = recipe
+    return GOOD_MODEL[:arg] if kind == "truncated" else arg
+
+
+def _png(size: tuple[int, int], mode: str) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((size[1], size[0], 3), 128, np.uint8)).convert(mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+FILES = st.one_of(
+    st.tuples(st.integers(1, 12), st.integers(1, 12), st.sampled_from(["RGB", "L", "RGBA", "P"])).map(lambda t: _png(t[:2], t[2])),
+    st.binary(max_size=32),  # not an image, with an image's name
+)
+FOLDERS = st.dictionaries(st.sampled_from(["cat", "dog", "owl"]), st.lists(FILES, max_size=6), max_size=3)
+FLAGS = st.fixed_dictionaries({}, optional={
+    "--mean": st.sampled_from(["0.5,0.5,0.5", "0.5", "nan,0,0", "a,b,c", "1e309,0,0"]),
+    "--std": st.sampled_from(["0.25,0.25,0.25", "0,0,0", "-1,1,1", "inf,1,1"]),
+    "--image-size": st.sampled_from(["8", "0", "-3", "4"]),
+    "--mask-on": st.sampled_from(["auto", "bn", "norm", "conv"]),
+})
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.filterwarnings("ignore")
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(model=MODEL_FILES, folder=FOLDERS, flags=FLAGS)
+@example(model="good", folder={"cat": [_png((8, 8), "RGB")] * 6, "dog": [_png((9, 7), "L")] * 6}, flags={})  # accepted: exit 0
+def test_garbage_in_is_exit_0_or_one_line_exit_2_and_inputs_unchanged(tmp_path_factory, capsys, model, folder, flags):
+    tmp = tmp_path_factory.mktemp("garbage")
+    inputs = tmp / "in"
+    (inputs / "clean").mkdir(parents=True)
+    (inputs / "model.safetensors").write_bytes(model_bytes_for(model))
+    for cls, files in folder.items():
+        (inputs / "clean" / cls).mkdir()
+        for i, data in enumerate(files):
+            (inputs / "clean" / cls / f"{i}.png").write_bytes(data)
+    params = default_params()
+    params["unlearn"]["max_epochs"], params["recover"]["epochs"] = 1, 1  # an accepted input finishes in seconds
+    (inputs / "params.yaml").write_text(yaml.safe_dump(params))
+    before = _digest(inputs)
+    out = tmp / "out" / "purified.safetensors"
+    argv = ["defend", "--model", str(inputs / "model.safetensors"), "--arch", "small_cnn", "--data", str(inputs / "clean"),
+            "--out", str(out), "--params", str(inputs / "params.yaml"), "--image-size", "8"]
+    for flag, value in flags.items():
+        argv += [flag, value]
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code in (0, 2), err
+    if code == 2:
+        assert len(err.splitlines()) == 1 and err.startswith("rnp defend: error: "), err
+        assert not out.exists()
+    else:
+        assert out.exists() and (out.parent / "purified.report.json").exists()
+    assert _digest(inputs) == before
