@@ -127,13 +127,14 @@ class StageWriter:
     """Collects a stage's outputs and publishes them together at the end.
 
     Every file goes to a hidden temp file beside its target; `commit()` renames
-    them into place, metrics last (so a present metrics.json means a finished
-    stage). If the stage fails before `commit()`, the temp files are removed and
+    them into place, the marker (metrics.json) last, so a present marker means a
+    finished stage. If the stage fails before `commit()`, the temp files are removed and
     nothing of this run is visible.
     """
 
-    def __init__(self, out_dir: str | os.PathLike):
+    def __init__(self, out_dir: str | os.PathLike, marker: str = "metrics.json"):
         self.out_dir = Path(out_dir)
+        self.marker = marker  # removed first, published last: present = the set beside it is complete
         self._pending: list[tuple[Path, Path]] = []
 
     def write(self, name: str, data: bytes) -> Path:
@@ -142,11 +143,11 @@ class StageWriter:
         return target
 
     def commit(self) -> None:
-        # An old metrics.json goes first, the new one last: whenever metrics.json exists,
+        # An old marker goes first, the new one last: whenever the marker exists,
         # every other output beside it comes from the same finished run.
-        ordered = sorted(self._pending, key=lambda p: p[1].name == "metrics.json")
+        ordered = sorted(self._pending, key=lambda p: p[1].name == self.marker)
         for _, target in ordered:
-            if target.name == "metrics.json":
+            if target.name == self.marker:
                 target.unlink(missing_ok=True)
         try:
             for tmp, target in ordered:

@@ -62,7 +62,8 @@ def test_no_two_grid_jobs_write_the_same_folder():
     assert len(jobs) == 2 * 2 * 2 + 2 * 2 * 2 * 2 + 2 * 2 * 2 * 2 * 2  # shared upstreams, distinct cells
 
 
-def test_a_rename_failing_mid_publish_leaves_no_temp_file_and_no_metrics(tmp_path, monkeypatch):
+@pytest.mark.parametrize("marker", ["metrics.json", "purified.report.json"])  # a stage; rnp defend
+def test_a_rename_failing_mid_publish_leaves_no_temp_file_and_no_marker(tmp_path, monkeypatch, marker):
     from rnp.io import StageWriter
 
     real_replace, calls = os.replace, []
@@ -74,11 +75,12 @@ def test_a_rename_failing_mid_publish_leaves_no_temp_file_and_no_metrics(tmp_pat
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", flaky)
+    (tmp_path / marker).write_text("from the last complete run")
     with pytest.raises(OSError, match="No space left"):
-        with StageWriter(tmp_path) as w:
-            for name in ("a.bin", "b.bin", "c.bin", "metrics.json"):
+        with StageWriter(tmp_path, marker=marker) as w:
+            for name in (marker, "a.bin", "b.bin", "c.bin"):
                 w.write(name, b"x")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]  # no .tmp left; no metrics.json: not a finished stage
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]  # no .tmp left, no marker: the set is not vouched for
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])

@@ -97,7 +97,7 @@ def run(cfg: Config, model_path: Path, arch: str, data: str, out: Path, defense_
     masks, curve = report.pop("masks"), report.pop("curve")
 
     stem = out.name[: -len(".safetensors")]
-    with StageWriter(out.parent) as w:
+    with StageWriter(out.parent, marker=f"{stem}.report.json") as w:  # the report, written last, vouches for the set
         w.write(out.name, model_bytes(purified, spec, {"stage": "defend", "report": {k: v for k, v in report.items() if k != "class_scores"}}))
         w.write(f"{stem}.masks.safetensors", tensors_bytes(masks, {"mask_on": report["mask_on"], "stage": "defend"}))
         w.write(f"{stem}.curve.csv", csv_bytes(curve))
