@@ -11,6 +11,7 @@ sign of a backdoor, the model is returned unpruned and the report says so.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,7 @@ __all__ = ["defend", "detect_target", "DETECTION_THRESHOLD"]
 # (README, "Target-label detection").
 DETECTION_THRESHOLD = 0.25
 COLLAPSED = 0.3
+MIN_HOLDOUT = 10  # held-out images below which one image is more than a 10-point accuracy step
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,11 @@ def defend(
     compute = device if isinstance(device, Compute) else Compute(torch.device(device))
     data = ImageSet(images, labels.long())
     fit_set, holdout_set = split_holdout(data, cfg.data.defense_holdout, cfg.data.defense_seed)
-    if len(holdout_set) == 0:
+    if len(holdout_set) < MIN_HOLDOUT and cfg.data.defense_holdout > 0:
+        need = math.ceil(MIN_HOLDOUT / cfg.data.defense_holdout)
+        raise RnpError(f"{len(labels)} clean images leave {len(holdout_set)} held out (data.defense_holdout {cfg.data.defense_holdout:g}); "
+                       f"choosing a threshold needs at least {MIN_HOLDOUT}: give at least {need} clean images")
+    if len(holdout_set) == 0:  # data.defense_holdout 0: choose on the unlearn/recover images themselves
         holdout_set = fit_set
     fit, holdout, every = (DeviceData(s, mean, std, compute) for s in (fit_set, holdout_set, data))
     original = compute.place(copy.deepcopy(model)).eval()

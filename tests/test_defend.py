@@ -243,3 +243,10 @@ def test_a_plain_torchvision_state_dict_loads_for_grey_images(tmp_path, prefix):
     model = load_untrusted(tmp_path / "plain.safetensors", spec).eval()
     x = torch.rand(2, 1, 32, 32)
     assert torch.allclose(model(x), net.eval()(x.expand(-1, 3, -1, -1)))
+
+
+def test_too_few_clean_images_for_a_held_out_split_name_the_number_needed(tmp_path):
+    images = torch.randint(0, 256, (20, 1, 8, 8), dtype=torch.uint8)
+    model = create_model(ModelSpec("small_cnn", 2, (1, 8, 8), (0.5,), (0.2,)))
+    with pytest.raises(RnpError, match=r"20 clean images leave 7 held out \(data.defense_holdout 0.34\); .* at least 10: give at least 30 clean"):
+        defend(model, images, torch.arange(20) % 2, (0.5,), (0.2,), 2, Config())

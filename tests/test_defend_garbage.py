@@ -59,7 +59,7 @@ FILES = st.one_of(
     st.tuples(st.integers(1, 12), st.integers(1, 12), st.sampled_from(["RGB", "L", "RGBA", "P"])).map(lambda t: _png(t[:2], t[2])),
     st.binary(max_size=32),  # not an image, with an image's name
 )
-FOLDERS = st.dictionaries(st.sampled_from(["cat", "dog", "owl"]), st.lists(FILES, max_size=6), max_size=3)
+FOLDERS = st.dictionaries(st.sampled_from(["cat", "dog", "owl"]), st.lists(FILES, max_size=16), max_size=3)
 FLAGS = st.fixed_dictionaries({}, optional={
     "--mean": st.sampled_from(["0.5,0.5,0.5", "0.5", "nan,0,0", "a,b,c", "1e309,0,0"]),
     "--std": st.sampled_from(["0.25,0.25,0.25", "0,0,0", "-1,1,1", "inf,1,1"]),
@@ -75,7 +75,7 @@ def _digest(root: Path) -> dict[str, str]:
 @pytest.mark.filterwarnings("ignore")
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(model=MODEL_FILES, folder=FOLDERS, flags=FLAGS)
-@example(model="good", folder={"cat": [_png((8, 8), "RGB")] * 6, "dog": [_png((9, 7), "L")] * 6}, flags={})  # accepted: exit 0
+@example(model="good", folder={"cat": [_png((8, 8), "RGB")] * 16, "dog": [_png((9, 7), "L")] * 16}, flags={})  # accepted: exit 0
 def test_garbage_in_is_exit_0_or_one_line_exit_2_and_inputs_unchanged(tmp_path_factory, capsys, model, folder, flags):
     tmp = tmp_path_factory.mktemp("garbage")
     inputs = tmp / "in"
