@@ -1,6 +1,6 @@
 """Auto-threshold quality: the clean-only choice beside the oracle's, across attacks and architectures.
 
-    python -m benchmarks.autothreshold                   # run missing cells, score, rewrite the README table
+    python -m benchmarks.autothreshold                   # run missing cells, score, rewrite the table in docs/autothreshold.md
     python -m benchmarks.autothreshold --archs small_cnn --attacks badnets blend --seeds 0 1 2 --no-readme
 
 A cell is (data set x architecture, attack, seed). It runs the five stages of
@@ -33,7 +33,7 @@ from rnp.config import config_from_dict, with_overrides
 from rnp.defense import select_auto
 from rnp.stages import run_all
 
-from .effectiveness import write_readme
+from .effectiveness import write_marked
 
 ROOT = Path(__file__).resolve().parents[1]
 CURVES = ROOT / "benchmarks" / "results" / "curves"
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, dict, dict]]:
             o = s["oracle"] or {"threshold": "", "ca": "", "asr": ""}
             w.writerow([name, s["chosen"]["threshold"], s["chosen"]["ca"], s["chosen"]["asr"], o["threshold"], o["ca"], o["asr"], s["hit"], s["learnt"]])
     if not args.no_readme:
-        write_readme(table, ROOT / "README.md", "autothreshold")
+        write_marked(table, ROOT / "docs" / "autothreshold.md", "autothreshold")
     return rows
 
 

@@ -5,7 +5,7 @@
 For each attack a backdoored model is trained (poison + train stages) with its
 own target class; `rnp.defend` then sees only the clean defense images. Clean
 models are trained on the same data with every poisoned image removed. Results
-go to benchmarks/results/detection.csv and into the README between the
+go to benchmarks/results/detection.csv and into docs/defend.md between the
 `detection` markers.
 """
 
@@ -28,7 +28,7 @@ from rnp.stages import poison, train
 from rnp.stages._common import load_imageset
 from rnp.training import fit, seeded_generator
 
-from .effectiveness import write_readme
+from .effectiveness import write_marked
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "detection.csv"
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     table = markdown(rows)
     print(table)
     if not args.no_readme:
-        write_readme(table, ROOT / "README.md", "detection")
+        write_marked(table, ROOT / "docs" / "defend.md", "detection")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
-"""Every attack against RNP on digits32 with ResNet-18: CA/ASR before and after, written into the README.
+"""Every attack against RNP on digits32 with ResNet-18: CA/ASR before and after, written into docs/attacks.md.
 
     python -m benchmarks.effectiveness                  # all attacks (about 1 h on 2 CPU cores)
     python -m benchmarks.effectiveness --attacks badnets blend --no-readme
 
 Each attack runs the same five stages as `dvc repro`, from params.yaml plus the
 overrides below, in a temporary folder. Results go to
-benchmarks/results/effectiveness.csv and to the README between the
+benchmarks/results/effectiveness.csv and to docs/attacks.md between the
 `effectiveness` markers.
 """
 
@@ -75,8 +75,8 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_readme(table: str, readme: Path, marker: str = "effectiveness") -> None:
-    """Replace the text between <!-- marker:start --> and <!-- marker:end --> in the README."""
+def write_marked(table: str, readme: Path, marker: str = "effectiveness") -> None:
+    """Replace the text between <!-- marker:start --> and <!-- marker:end --> in a docs page (or the README)."""
     text = readme.read_text()
     pattern = rf"(<!-- {marker}:start -->\n).*?(<!-- {marker}:end -->)"
     new, n = re.subn(pattern, lambda m: m[1] + table + "\n" + m[2], text, flags=re.S)
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     table = markdown(rows)
     print(table)
     if not args.no_readme:
-        write_readme(table, ROOT / "README.md")
+        write_marked(table, ROOT / "docs" / "attacks.md")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from rnp.purify import detect_target
 from rnp.stages import poison, prune, recover, train, unlearn
 from rnp.stages._common import load_imageset
 
-from .effectiveness import write_readme
+from .effectiveness import write_marked
 from .speed import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> str:
     table = markdown(cells, cfg.prune.max_clean_drop, cfg.prune.max_first_drop)
     print(table)
     if not args.no_doc:
-        write_readme(table, DOC, f"quality-{args.defense}")
+        write_marked(table, DOC, f"quality-{args.defense}")
     return table
 
 

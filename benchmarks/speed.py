@@ -38,7 +38,7 @@ from rnp.metrics import accuracy
 from rnp.models import ModelSpec, create_model
 from rnp.training import fit, seeded_generator
 
-from .effectiveness import write_readme
+from .effectiveness import write_marked
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -216,8 +216,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="comma-separated precisions rnp runs in (fp32, bf16, auto); a '+compile' suffix also sets train.compile")
     ap.add_argument("--batch-size", type=int, default=128, help="training batch, both sides (default 128, the reference's)")
     ap.add_argument("--json", help="also write the figures here (default: benchmarks/results/speed_<workload>.json)")
-    ap.add_argument("--readme", action="store_true", help="rewrite the README's speed table from every saved result")
-    ap.add_argument("--readme-only", action="store_true", help="rewrite the README's speed table from the saved results; run nothing")
+    ap.add_argument("--readme", action="store_true", help="rewrite docs/speed.md's table from every saved result")
+    ap.add_argument("--readme-only", action="store_true", help="rewrite docs/speed.md's table from the saved results; run nothing")
     args = ap.parse_args(argv)
     if args.readme_only:
         return write_saved_table()
@@ -275,9 +275,9 @@ def peak_memory(device: str):
 
 
 def write_saved_table() -> dict:
-    """The README table from every saved result (speed_<workload>[_<machine>].json), in name order."""
+    """docs/speed.md's table from every saved result (speed_<workload>[_<machine>].json), in name order."""
     results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("speed_*.json"))]
-    write_readme(speed_table(results), ROOT / "README.md", "speed")
+    write_marked(speed_table(results), ROOT / "docs" / "speed.md", "speed")
     return {"results": results}
 
 

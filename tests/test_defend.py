@@ -38,7 +38,7 @@ def test_api_purifies_the_backdoored_model_and_names_its_target(default_run):
     assert report["holdout_acc_after"] >= report["holdout_acc_before"] - cfg.prune.max_first_drop - cfg.prune.max_clean_drop - 1e-9
     trig, _, extra = load_imageset(root / "poison/test_poison.safetensors", "targets")
     asr = attack_metrics(purified, info.on(trig, torch.device("cpu")), extra["targets"])["asr"]
-    assert asr < 0.9  # weakened; how far depends on the clean split (README: auto-threshold quality)
+    assert asr < 0.9  # weakened; how far depends on the clean split (docs/autothreshold.md)
     assert any(torch.equal(a, b) is False for a, b in zip(model.state_dict().values(), purified.state_dict().values()))
 
 

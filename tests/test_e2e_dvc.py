@@ -147,7 +147,7 @@ def test_dvc_repro_killed_mid_stage_leaves_no_half_state_and_completes_identical
         # DVC leaves its lock behind when killed; with no dvc process alive it is stale (DVC's own advice)
         (repo / ".dvc" / "tmp" / "rwlock").unlink(missing_ok=True)
         if not _lockfile_is_whole(repo, env):  # DVC rewrites dvc.lock in place: a kill mid-write truncates it
-            sh("git checkout -- dvc.lock", repo, env)  # the recovery the README gives
+            sh("git checkout -- dvc.lock", repo, env)  # the recovery docs/guarantees.md gives
     sh(["dvc", "repro"], repo, env)
     assert {s: json.loads((repo / "data" / s / "metrics.json").read_text()) for s in stages} == reference
     assert json.loads(sh(["dvc", "status", "--json"], repo, env)) == {}
