@@ -22,6 +22,7 @@ run: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/rnp report
 
 fashion: setup
+	-PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc exp remove fashion-mnist 2>/dev/null  # a rerun replaces it (DVC's run cache keeps the work)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc exp run -n fashion-mnist $$($(BIN)/rnp preset fashion_mnist)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/rnp report
 
