@@ -5,7 +5,7 @@ from rnp.data import DeviceData, ImageSet, list_datasets, load_dataset, random_c
 
 
 OFFLINE = ["digits", "digits32"]
-FORMAT_TESTED = ["mnist", "cifar10", "cifar100", "svhn", "gtsrb", "folder"]  # tests/test_datasets.py
+FORMAT_TESTED = ["mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "gtsrb", "folder"]  # tests/test_datasets.py, tests/test_fashion_mnist.py
 
 
 def test_every_dataset_is_offline_or_has_a_format_test():

@@ -36,10 +36,13 @@ class DataInfo:
 
 
 def resolve_compute(device: str, precision: str) -> Compute:
-    """The stage's device and precision; `device: auto` says on stderr what it chose (never a silent CPU)."""
+    """The stage's device and precision; `device: auto` says what it chose (never a silent CPU).
+
+    On stdout, with the stage's summary: stderr is kept for the one line of an error.
+    """
     chosen = _compute.resolve_compute(device, precision)
     if device == "auto":
-        print(f"device auto: {chosen.device.type}{' (bf16)' if chosen.bf16 else ''}", file=sys.stderr)
+        say(f"device auto: {chosen.device.type}{' (bf16)' if chosen.bf16 else ''}")
     return chosen
 
 

@@ -1,6 +1,7 @@
 # The paper-style table and figure over every cell.
 
 from rnp.grid import summary_csv, summary_markdown, summary_png, summary_rows
+from rnp.io import atomic_write_bytes
 
 
 rule summary:
