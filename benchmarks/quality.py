@@ -59,7 +59,10 @@ PER_ATTACK = {CLEAN: {"attack.name": "badnets"}}
 # bf16 on the CPU is 2-3x faster here (measured in docs/quality.md); masks and BN statistics stay fp32
 SETTING = {**get_preset("fashion_mnist"), "precision": "bf16"}
 # name -> overrides of the defense stages only (unlearn, recover, prune); the backdoored models are shared
-DEFENSES: dict[str, dict[str, object]] = {"reference": {}}
+DEFENSES: dict[str, dict[str, object]] = {
+    "reference": {},
+    "recover_lr_0.05": {"recover.lr": 0.05},  # a first lever: the reference's mask rate (0.2) zeroes 30-78 masks here
+}
 MAX_ASR, CA_BUDGET, LEARNT = 0.05, 0.02, 0.5
 
 
