@@ -34,6 +34,8 @@ import threading
 import time
 from pathlib import Path
 
+from rnp.io import read_json
+
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 0.02  # |GPU - CPU| per metric (fractions): float order differs between devices, one or two images move
 METRICS = {"train": ("ca", "asr"), "prune": ("ca", "asr", "ca_before", "asr_before")}
@@ -133,12 +135,12 @@ def dvc_part(device: str, out: Path, overrides: list[str]) -> dict:
             subprocess.run(["git", "init", "-q"], cwd=scratch, check=True)
             subprocess.run(["dvc", "repro", "-q"], cwd=scratch, check=True, env=env)
             how = "dvc repro"
-            got = {s: json.loads((scratch / "data" / s / "metrics.json").read_text()) for s in METRICS}
+            got = {s: read_json(scratch / "data" / s / "metrics.json") for s in METRICS}
         else:
             got = run_all(config_from_dict(params), scratch / "data")
             how = "the five stages in-process (no dvc here)"
         wall = time.perf_counter() - start
-    committed = {s: json.loads((ROOT / "data" / s / "metrics.json").read_text()) for s in STAGES if s in METRICS}
+    committed = {s: read_json(ROOT / "data" / s / "metrics.json") for s in STAGES if s in METRICS}
     diffs = {f"{s}.{k}": abs(got[s][k] - committed[s][k]) for s, keys in METRICS.items() for k in keys}
     comparable = not overrides  # a shortened (dry) run cannot match the committed full one
     result = {"device": device, "how": how, "wall_s": round(wall, 1), "overrides": changes, "metrics": {s: got[s] for s in METRICS},
@@ -154,14 +156,14 @@ def summary(report: dict) -> str:
         lines.append(f"| {name} | {part['status']} | {part['seconds']:.0f} | {part['peak_gpu_mib'] if part['peak_gpu_mib'] is not None else '—'} |")
     out = Path(report["out"])
     if (out / "speed.json").exists():
-        s = json.loads((out / "speed.json").read_text())
+        s = read_json(out / "speed.json")
         for p, t in s["rnp"].items():
             defense = t["unlearn"] + t["recover"] + t["prune"]
             base = s["baseline"]
             ratio = f", {sum(base[k] for k in ('unlearn', 'recover', 'prune')) / defense:.1f}x the baseline" if base else ""
             lines.append(f"speed {p}: defense {defense:.1f} s{ratio}; training {s['n_train'] / t['train']:.0f} images/s")
     if (out / "dvc.json").exists():
-        d = json.loads((out / "dvc.json").read_text())
+        d = read_json(out / "dvc.json")
         match = "not comparable (shortened run)" if d["matches_cpu"] is None else d["matches_cpu"]
         lines.append(f"dvc ({d['how']}): {d['wall_s']:.0f} s; metrics within {d['tolerance']} of the committed CPU run: {match} "
                      f"(largest difference {d['max_abs_diff_vs_committed_cpu']:.4f})")

@@ -24,8 +24,8 @@ and its suspected class is the attack's target; on clean models it must say
 from __future__ import annotations
 
 import argparse
+import csv
 import itertools
-import json
 import time
 from pathlib import Path
 
@@ -36,7 +36,7 @@ from rnp.compute import resolve_compute
 from rnp.config import config_from_dict, with_overrides
 from rnp.data import DeviceData, ImageSet
 from rnp.defense import select_auto
-from rnp.io import atomic_write_bytes, json_bytes
+from rnp.io import atomic_write_bytes, json_bytes, read_json
 from rnp.models import load_model
 from rnp.presets import get_preset
 from rnp.purify import detect_target
@@ -105,7 +105,7 @@ def detection(poison_dir: Path, unlearn_dir: Path, device: torch.device) -> dict
     held, _, _ = load_imageset(poison_dir / "holdout.safetensors")
     every = ImageSet(torch.cat([fit.images, held.images]), torch.cat([fit.labels, held.labels]))
     unlearned, _, _ = load_model(unlearn_dir / "model.safetensors")
-    acc = json.loads((unlearn_dir / "metrics.json").read_text())["defense_acc"]
+    acc = read_json(unlearn_dir / "metrics.json")["defense_acc"]
     d = detect_target(unlearned.to(device), DeviceData(every, info.mean, info.std, device), info.num_classes, acc)
     return {"backdoored": d.backdoored, "target": d.target, "score": d.score, "unlearned_acc": acc}
 
@@ -119,7 +119,7 @@ def run_cell(params: dict, arch: str, attack: str, seed: int, defense: str, extr
     seconds["unlearn"] = _stage(d / "unlearn", unlearn.run, cfg, p, t, d / "unlearn")
     seconds["recover"] = _stage(d / "recover", recover.run, cfg, p, d / "unlearn", d / "recover")
     seconds["prune"] = _stage(d / "prune", prune.run, cfg, p, t, d / "recover", d / "prune")
-    m = json.loads((d / "prune" / "metrics.json").read_text())
+    m = read_json(d / "prune" / "metrics.json")
     curve = [{k: float(v) for k, v in r.items()} for r in _csv_rows(d / "prune" / "curve.csv")]
     cell = {
         "arch": arch, "attack": attack, "seed": seed, "defense": defense, "target": cfg.attack.target,
@@ -127,7 +127,7 @@ def run_cell(params: dict, arch: str, attack: str, seed: int, defense: str, extr
         "holdout_n": m["holdout_size"],
         "curve": curve,
         "detection": detection(p, d / "unlearn", resolve_compute(cfg.device, "fp32").device),
-        "unlearn": json.loads((d / "unlearn" / "metrics.json").read_text()),
+        "unlearn": read_json(d / "unlearn" / "metrics.json"),
         "seconds": seconds,
         "settings": extra,
         "cpu": cpu_name(),
@@ -140,8 +140,6 @@ def run_cell(params: dict, arch: str, attack: str, seed: int, defense: str, extr
 
 
 def _csv_rows(path: Path) -> list[dict]:
-    import csv
-
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
 
@@ -212,7 +210,7 @@ def load_cells(results: Path, defense: str, archs, attacks, seeds) -> list[dict]
     for seed, attack, arch in itertools.product(seeds, attacks, archs):
         path = results / defense / f"{cell_name(arch, attack, seed)}.json"
         if path.exists():
-            cells.append(json.loads(path.read_text()))
+            cells.append(read_json(path))
     return cells
 
 
