@@ -26,6 +26,8 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
+import json
+import shutil
 import time
 from pathlib import Path
 
@@ -56,6 +58,7 @@ CLEAN = "clean"  # trained without poison; its triggered test set uses the BadNe
 ARCHS = {"small_cnn": {"model.arch": "small_cnn"}, "wrn16_1": {"model.arch": "wrn16_1"}, "resnet18": {"model.arch": "resnet18"}}
 CPU_ARCHS = ["small_cnn", "wrn16_1"]  # resnet18 on the full training set is a GPU row (benchmarks/device_check.sh)
 PER_ATTACK = {CLEAN: {"attack.name": "badnets"}}
+NUM_CLASSES = 10
 # bf16 on the CPU is 2-3x faster here (measured in docs/quality.md); masks and BN statistics stay fp32
 SETTING = {**get_preset("fashion_mnist"), "precision": "bf16"}
 # name -> overrides of the defense stages only (unlearn, recover, prune); the backdoored models are shared
@@ -70,9 +73,29 @@ def cell_name(arch: str, attack: str, seed: int) -> str:
     return f"{arch}-{attack}-seed{seed}"
 
 
+def attack_target(attack: str, seed: int) -> int:
+    """Each attack and seed its own target class, so that a detector that always names one class cannot score."""
+    return 0 if attack == CLEAN else (ATTACKS.index(attack) + seed) % NUM_CLASSES
+
+
 def cell_config(params: dict, arch: str, attack: str, seed: int, defense: str, extra: dict | None = None):
-    overrides = {**SETTING, **ARCHS[arch], "attack.name": attack, **PER_ATTACK.get(attack, {}), "seed": seed, **DEFENSES[defense], **(extra or {})}
+    overrides = {
+        **SETTING, **ARCHS[arch], "attack.name": attack, "attack.target": attack_target(attack, seed),
+        **PER_ATTACK.get(attack, {}), "seed": seed, **DEFENSES[defense], **(extra or {}),
+    }
     return config_from_dict(with_overrides(params, overrides))
+
+
+def stage_keys(cfg) -> dict[str, dict]:
+    """Per stage, the params it and its upstream stages read (dvc.yaml's `params:` lists): a cached stage is reused only under the same key."""
+    import yaml
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    values, keys, upstream = cfg.to_dict(), {}, {}
+    for name in ("poison", "train", "unlearn", "recover", "prune"):
+        upstream = {**upstream, **{k: values[k] for k in stages[name]["params"]}}
+        keys[name] = upstream
+    return keys
 
 
 def write_subset(n_train: int, work: Path) -> Path:
@@ -90,12 +113,16 @@ def write_subset(n_train: int, work: Path) -> Path:
     return root
 
 
-def _stage(done: Path, fn, *args, **kwargs) -> float:
-    """Run a stage unless its metrics.json (written last) says it finished; returns its seconds."""
-    if (done / "metrics.json").exists():
+def _stage(done: Path, key: dict, fn, *args, **kwargs) -> float:
+    """Run a stage unless it finished (metrics.json is written last) under the same params; returns its seconds."""
+    key_file = done / "params.json"
+    if (done / "metrics.json").exists() and key_file.exists() and read_json(key_file) == json.loads(json_bytes(key)):
         return 0.0
+    if done.exists():
+        shutil.rmtree(done)  # stale: made under other params (its downstream stages are keyed on these params too)
     start = time.perf_counter()
     fn(*args, **kwargs)
+    atomic_write_bytes(key_file, json_bytes(key))
     return time.perf_counter() - start
 
 
@@ -114,11 +141,12 @@ def run_cell(params: dict, arch: str, attack: str, seed: int, defense: str, extr
     cfg = cell_config(params, arch, attack, seed, defense, extra)
     top = work / attack / f"seed{seed}"
     p, t, d = top / "poison", top / arch / "train", top / arch / defense
-    seconds = {"poison": _stage(p, poison.run, cfg, p, clean=attack == CLEAN)}
-    seconds["train"] = _stage(t, train.run, cfg, p, t)
-    seconds["unlearn"] = _stage(d / "unlearn", unlearn.run, cfg, p, t, d / "unlearn")
-    seconds["recover"] = _stage(d / "recover", recover.run, cfg, p, d / "unlearn", d / "recover")
-    seconds["prune"] = _stage(d / "prune", prune.run, cfg, p, t, d / "recover", d / "prune")
+    key = stage_keys(cfg)
+    seconds = {"poison": _stage(p, key["poison"], poison.run, cfg, p, clean=attack == CLEAN)}
+    seconds["train"] = _stage(t, key["train"], train.run, cfg, p, t)
+    seconds["unlearn"] = _stage(d / "unlearn", key["unlearn"], unlearn.run, cfg, p, t, d / "unlearn")
+    seconds["recover"] = _stage(d / "recover", key["recover"], recover.run, cfg, p, d / "unlearn", d / "recover")
+    seconds["prune"] = _stage(d / "prune", key["prune"], prune.run, cfg, p, t, d / "recover", d / "prune")
     m = read_json(d / "prune" / "metrics.json")
     curve = [{k: float(v) for k, v in r.items()} for r in _csv_rows(d / "prune" / "curve.csv")]
     cell = {
