@@ -35,9 +35,9 @@ import numpy as np
 import torch
 
 from rnp.compute import resolve_compute
-from rnp.config import config_from_dict, with_overrides
+from rnp.config import PruneParams, config_from_dict, with_overrides
 from rnp.data import DeviceData, ImageSet
-from rnp.defense import select_auto
+from rnp.defense import choose_point
 from rnp.io import atomic_write_bytes, json_bytes, read_json
 from rnp.models import load_model
 from rnp.presets import get_preset
@@ -172,11 +172,11 @@ def _csv_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def score(cell: dict, max_clean_drop: float, max_first_drop: float) -> dict:
-    """The automatic choice on the saved curve (held-out accuracy only), the oracle, and the verdicts."""
+def score(cell: dict, prune: PruneParams) -> dict:
+    """prune.select on the saved curve (held-out accuracy only), the oracle, and the verdicts."""
     before, curve = cell["before"], cell["curve"]
-    i = select_auto([r["holdout_acc"] for r in curve], before["holdout_acc"], max_clean_drop, max_first_drop)
-    chosen = curve[i] if i is not None else {**before, "threshold": -1.0, "pruned": 0}
+    i, _ = choose_point([r["holdout_acc"] for r in curve], before["holdout_acc"], [r["point"] for r in curve], prune)
+    chosen = curve[i] if i is not None else {**before, "threshold": None, "pruned": 0}
     ok = [r for r in curve if r["asr"] <= MAX_ASR]
     oracle = max(ok, key=lambda r: r["ca"]) if ok else None
     backdoored = cell["attack"] != CLEAN
@@ -195,17 +195,17 @@ def pct(v: float) -> str:
     return f"{100 * v:.1f}"
 
 
-def markdown(cells: list[dict], max_clean_drop: float, max_first_drop: float) -> str:
+def markdown(cells: list[dict], prune: PruneParams) -> str:
     lines = [
         "| cell | before CA / ASR / RA | auto t | after CA / ASR / RA | oracle t: CA / ASR | detection | s | clean after |",
         "|---|---:|---:|---:|---:|---|---:|:---:|",
     ]
     scored = []
     for c in cells:
-        s = score(c, max_clean_drop, max_first_drop)
+        s = score(c, prune)
         scored.append((c, s))
         b, ch, o, det = c["before"], s["chosen"], s["oracle"], c["detection"]
-        t = "none" if ch["threshold"] < 0 else f"{ch['threshold']:.2f}"
+        t = "none" if ch["threshold"] is None else f"{ch['threshold']:.2f}"
         oracle = f"{o['threshold']:.2f}: {pct(o['ca'])} / {pct(o['asr'])}" if o else "—"
         verdict = f"target {det['target']} ({pct(det['score'])} %)" if det["backdoored"] else "no evidence"
         verdict = verdict if s["detected"] or c["attack"] == CLEAN else f"**{verdict}**"
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> str:
                 print(f"{cell_name(arch, attack, seed)} ({args.defense}): {time.perf_counter() - start:.0f} s", flush=True)
     cfg = cell_config(params, args.archs[0], args.attacks[0], args.seeds[0], args.defense, extra)
     cells = load_cells(args.results, args.defense, args.archs, args.attacks, args.seeds)
-    table = markdown(cells, cfg.prune.max_clean_drop, cfg.prune.max_first_drop)
+    table = markdown(cells, cfg.prune)
     print(table)
     if not args.no_doc:
         write_marked(table, DOC, f"quality-{args.defense}")

@@ -138,6 +138,10 @@ def summary_csv(rows: list[dict]) -> bytes:
     return buf.getvalue().encode()
 
 
+def _threshold(t: float | None) -> str:
+    return "none" if t is None else f"{t:.2f}"
+
+
 def summary_markdown(rows: list[dict]) -> str:
     """The paper-style table: before / after RNP per cell, percentages."""
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
@@ -150,7 +154,7 @@ def summary_markdown(rows: list[dict]) -> str:
         lines.append(
             f"| {r['dataset']} | {r['attack']} | {r['arch']} | {r['seed']} | {r['defense']} | {pct(r['ca_before'])} | "
             f"{pct(r['asr_before'])} | {pct(r['ca_after'])} | {pct(r['asr_after'])} | {pct(r['ra_after'])} | "
-            f"{r['threshold']:.2f} | {r['oracle_threshold']:.2f} | {r['der']:.3f} | {defense_s:.1f} |"
+            f"{_threshold(r['threshold'])} | {r['oracle_threshold']:.2f} | {r['der']:.3f} | {defense_s:.1f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -20,7 +20,7 @@ from torch import nn
 from .compute import Compute
 from .config import Config
 from .data import DeviceData, ImageSet
-from .defense import mask_layers, prune_at, recover, resolve_mask_on, select_auto, sweep_curve, sweep_points, unlearn
+from .defense import decide_pruning, mask_layers, recover, resolve_mask_on, unlearn
 from .errors import RnpError
 from .metrics import accuracy
 from .training import seeded_generator
@@ -123,28 +123,22 @@ def defend(
     kind = resolve_mask_on(original, mask_on)
     masks = recover(unlearned, fit, cfg.recover, cfg.augment, seeded_generator(cfg.seed), mask_on=kind)
 
-    # 3) sweep the original model, measuring held-out clean accuracy only
+    # 3) sweep the original model on held-out clean accuracy only; prune unless nothing points at a backdoor
     purified = copy.deepcopy(original)
     layers = mask_layers(purified, kind)
-    base = accuracy(purified, holdout)
-    points = sweep_points(cfg.prune, sum(m.numel() for m in masks.values()))
-    curve = sweep_curve(layers, masks, cfg.prune.sweep, points, lambda: {"holdout_acc": accuracy(purified, holdout)})
-    selected = select_auto([r["holdout_acc"] for r in curve], base, cfg.prune.max_clean_drop, cfg.prune.max_first_drop)
-
-    # 4) prune, unless nothing points at a backdoor
-    prune = (detection.backdoored or force) and selected is not None
-    if prune:
-        prune_at(layers, masks, cfg.prune.sweep, points[selected])
-    chosen = curve[selected] if prune else {"pruned": 0, "threshold": None, "holdout_acc": base}
+    no_evidence = (
+        f"no evidence of a backdoor (unlearning left {detection.unlearned_acc:.0%} clean accuracy; "
+        f"at most {detection.score:.0%} of other classes' images go to one class)"
+    )
+    blocked = None if detection.backdoored or force else no_evidence
+    decision = decide_pruning(layers, masks, cfg.prune, lambda: {"holdout_acc": accuracy(purified, holdout)}, blocked=blocked)
     verdict = (
-        "the minimal pruning (t = 0) costs more held-out clean accuracy than prune.max_first_drop: nothing pruned; "
-        if (detection.backdoored or force) and selected is None
-        else ""
-    ) + (
         f"backdoor suspected: unlearning sends {detection.score:.0%} of other classes' clean images to class {detection.target}"
         if detection.backdoored
-        else f"no evidence of a backdoor (unlearning left {detection.unlearned_acc:.0%} clean accuracy; at most {detection.score:.0%} of other classes' images go to one class)"
+        else no_evidence
     )
+    if decision.selected is None and blocked is None:
+        verdict = f"{verdict}; {decision.why}"
     report = {
         "verdict": verdict,
         "backdoor_suspected": detection.backdoored,
@@ -152,15 +146,15 @@ def defend(
         "target_score": detection.score,
         "unlearned_acc": detection.unlearned_acc,
         "class_scores": detection.scores,
-        "pruned": chosen["pruned"] if prune else 0,
-        "threshold": chosen["threshold"] if prune else None,
-        "holdout_acc_before": base,
-        "holdout_acc_after": chosen["holdout_acc"] if prune else base,
+        "pruned": decision.pruned,
+        "threshold": decision.threshold,
+        "holdout_acc_before": decision.unpruned["holdout_acc"],
+        "holdout_acc_after": decision.chosen["holdout_acc"],
         "unlearn_epochs": epochs,
         "mask_on": kind,
         "clean_images": {"fit": len(fit_set), "holdout": len(holdout_set)},
-        "curve": curve,
-        "selected": selected,
+        "curve": decision.curve,
+        "selected": decision.selected,
         "masks": {k: v.cpu() for k, v in masks.items()},
     }
     return purified.cpu(), report

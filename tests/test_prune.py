@@ -4,10 +4,9 @@ import json
 import torch
 
 from rnp.config import PruneParams
-from rnp.defense import PrunePoint, bn_layers, oracle_point, pruning_sets, select_auto
+from rnp.defense import bn_layers, choose_point, decide_pruning, oracle_point, pruning_sets, select_auto, sweep_points
 from rnp.io import load_tensors
 from rnp.models import load_model
-from rnp.defense import sweep_points
 
 
 def test_default_run_really_defends(default_run):
@@ -77,8 +76,33 @@ def test_select_auto_stops_before_the_first_drop_beyond_budget():
     assert select_auto([1.0, 0.995, 0.985], base_acc=0.99, max_clean_drop=0.01) == 2
 
 
+def test_choose_point_fixed_auto_and_nothing():
+    points = [0.0, 0.1, 0.2]
+    assert choose_point([1.0, 0.99, 0.5], 1.0, points, PruneParams(max_clean_drop=0.02)) == (1, "auto: the last point within prune.max_clean_drop 2% of held-out accuracy")
+    assert choose_point([0.1, 0.1, 0.1], 1.0, points, PruneParams(select="fixed", threshold=0.2))[0] == 2  # fixed ignores the curve
+    i, why = choose_point([0.5, 0.5, 0.5], 1.0, points, PruneParams())
+    assert i is None and why.startswith("NOTHING PRUNED") and "50.0%" in why
+
+
+def test_decide_pruning_prunes_in_place_at_the_choice_and_only_then():
+    layers = {"bn": torch.nn.BatchNorm2d(4)}
+    torch.nn.init.constant_(layers["bn"].weight, 1.0)
+    masks = {"bn": torch.tensor([0.0, 0.12, 0.5, 0.9])}
+    # held-out accuracy: the share of weights still 1 (pruning channel 0 and 1 is harmless, channel 2 is not)
+    measure = lambda: {"holdout_acc": 1.0 - 0.5 * float(layers["bn"].weight[2] == 0)}  # noqa: E731
+    p = PruneParams(max_threshold=0.6, step=0.1, max_clean_drop=0.01)
+    d = decide_pruning(layers, masks, p, measure)
+    assert d.threshold == 0.4 and d.pruned == 2 and d.unpruned == {"holdout_acc": 1.0}
+    assert layers["bn"].weight.tolist() == [0.0, 0.0, 1.0, 1.0]
+    torch.nn.init.constant_(layers["bn"].weight, 1.0)
+    d = decide_pruning(layers, masks, p, measure, blocked="no evidence")
+    assert (d.selected, d.threshold, d.pruned, d.why) == (None, None, 0, "no evidence")
+    assert d.chosen["holdout_acc"] == 1.0 and len(d.curve) == 7  # still measured
+    assert layers["bn"].weight.tolist() == [1.0] * 4
+
+
 def test_oracle_prefers_clean_accuracy_among_low_asr_points():
-    pts = [PrunePoint(t, i, 1.0, ca, asr, 0.0) for i, (t, ca, asr) in enumerate([(0.0, 0.95, 0.9), (0.1, 0.94, 0.04), (0.2, 0.90, 0.0)])]
+    pts = [{"threshold": t, "ca": ca, "asr": asr} for t, ca, asr in [(0.0, 0.95, 0.9), (0.1, 0.94, 0.04), (0.2, 0.90, 0.0)]]
     assert oracle_point(pts, 0.05) == 1
     assert oracle_point(pts[:1], 0.05) == 0
 
@@ -116,7 +140,7 @@ def test_masks_that_fail_leave_the_model_unpruned_and_say_so(tmp_path, capsys, d
     masks, meta = load_tensors(recover / "masks.safetensors")
     atomic_write_bytes(recover / "masks.safetensors", tensors_bytes({k: torch.zeros_like(v) for k, v in masks.items()}, meta))
     m = prune.run(make_config(), root / "poison", root / "train", recover, tmp_path / "prune")
-    assert m["threshold"] == -1 and m["pruned"] == 0
+    assert m["threshold"] is None and m["pruned"] == 0
     assert (m["ca"], m["asr"]) == (m["ca_before"], m["asr_before"])
     assert "NOTHING PRUNED" in capsys.readouterr().out
     original, _, _ = load_model(root / "train/model.safetensors")

@@ -5,7 +5,18 @@ recover  -> learn a [0, 1] mask per BatchNorm channel on the unlearned model
 prune    -> zero the BN weights of low-mask channels in the original model
 """
 
-from .prune import PrunePoint, apply_pruning, oracle_point, prune_at, pruning_sets, select_auto, sweep_curve, sweep_points
+from .prune import (
+    PruneDecision,
+    apply_pruning,
+    choose_point,
+    decide_pruning,
+    oracle_point,
+    prune_at,
+    pruning_sets,
+    select_auto,
+    sweep_curve,
+    sweep_points,
+)
 from .recover import MASK_ON, attach_masks, bn_layers, mask_layers, recover, resolve_mask_on
 from .unlearn import unlearn
 
@@ -24,5 +35,7 @@ __all__ = [
     "oracle_point",
     "sweep_curve",
     "sweep_points",
-    "PrunePoint",
+    "PruneDecision",
+    "decide_pruning",
+    "choose_point",
 ]

@@ -9,17 +9,83 @@ from torch import nn
 from ..config import PruneParams
 from .recover import channel_view
 
-__all__ = ["PrunePoint", "pruning_sets", "apply_pruning", "prune_at", "sweep_curve", "sweep_points", "select_auto", "oracle_point"]
+__all__ = [
+    "PruneDecision",
+    "decide_pruning",
+    "choose_point",
+    "pruning_sets",
+    "apply_pruning",
+    "prune_at",
+    "sweep_curve",
+    "sweep_points",
+    "select_auto",
+    "oracle_point",
+]
 
 
 @dataclass(frozen=True)
-class PrunePoint:
-    threshold: float  # sweep=threshold: t; sweep=number: the largest pruned mask value
-    pruned: int  # channels zeroed
-    holdout_acc: float  # clean held-out defense accuracy: the only thing auto-selection sees
-    ca: float  # test metrics, for reporting and the oracle
-    asr: float
-    ra: float
+class PruneDecision:
+    """The sweep and the point chosen on it: what the prune stage and `rnp.defend` both act on."""
+
+    unpruned: dict  # measure() of the unpruned model
+    curve: list[dict]  # per sweep point: point, threshold, pruned, **measure()
+    selected: int | None  # index into curve; None: the model stays unpruned
+    why: str  # one line: how the point was chosen, or why nothing is pruned
+
+    @property
+    def chosen(self) -> dict:
+        """The selected row; the unpruned model (threshold None, pruned 0) when nothing is pruned."""
+        if self.selected is None:
+            return {**self.unpruned, "point": None, "threshold": None, "pruned": 0}
+        return self.curve[self.selected]
+
+    @property
+    def threshold(self) -> float | None:
+        return self.chosen["threshold"]
+
+    @property
+    def pruned(self) -> int:
+        return self.chosen["pruned"]
+
+
+def choose_point(holdout_acc: list[float], base_acc: float, points: list[float], p: PruneParams) -> tuple[int | None, str]:
+    """prune.select on a measured sweep: (index or None, why). Pure: held-out accuracies in, choice out."""
+    if p.select == "fixed":
+        point = p.threshold if p.sweep == "threshold" else min(p.number, points[-1])
+        key = "prune.threshold" if p.sweep == "threshold" else "prune.number"
+        return points.index(point), f"fixed: {key} {point:g}"
+    selected = select_auto(holdout_acc, base_acc, p.max_clean_drop, p.max_first_drop)
+    if selected is None:
+        first = base_acc - holdout_acc[0] if holdout_acc else float("nan")
+        return None, (
+            f"NOTHING PRUNED: the first point (t = 0) costs {first:.1%} of held-out accuracy, more than "
+            f"prune.max_first_drop {p.max_first_drop:.0%}: the masks did not separate the backdoor"
+        )
+    return selected, f"auto: the last point within prune.max_clean_drop {p.max_clean_drop:.0%} of held-out accuracy"
+
+
+def decide_pruning(
+    layers: dict[str, nn.Module],
+    masks: dict[str, torch.Tensor],
+    p: PruneParams,
+    measure: Callable[[], dict],
+    blocked: str | None = None,
+    progress: Callable = lambda it: it,
+) -> PruneDecision:
+    """Sweep, choose and prune the layers in place at the chosen point (or leave them unpruned).
+
+    `measure()` must return at least {"holdout_acc": ...}: the choice sees nothing else.
+    `blocked` is a reason to keep the model unpruned whatever the curve says (it is still measured).
+    """
+    unpruned = measure()
+    points = sweep_points(p, sum(m.numel() for m in masks.values()))
+    curve = sweep_curve(layers, masks, p.sweep, points, measure, progress)
+    selected, why = choose_point([r["holdout_acc"] for r in curve], unpruned["holdout_acc"], points, p)
+    if blocked is not None:
+        selected, why = None, blocked
+    if selected is not None:
+        prune_at(layers, masks, p.sweep, points[selected])
+    return PruneDecision(unpruned, curve, selected, why)
 
 
 def pruning_sets(masks: dict[str, torch.Tensor], sweep: str, points: list[float]) -> list[dict[str, torch.Tensor]]:
@@ -120,9 +186,9 @@ def select_auto(holdout_acc: list[float], base_acc: float, max_clean_drop: float
     return chosen
 
 
-def oracle_point(points: list[PrunePoint], max_asr: float) -> int:
-    """Reporting only: the highest test CA among points with ASR <= max_asr (else the lowest ASR)."""
-    ok = [i for i, p in enumerate(points) if p.asr <= max_asr]
+def oracle_point(curve: list[dict], max_asr: float) -> int:
+    """Reporting only: the highest test CA among sweep rows with ASR <= max_asr (else the lowest ASR)."""
+    ok = [i for i, r in enumerate(curve) if r["asr"] <= max_asr]
     if ok:
-        return max(ok, key=lambda i: (points[i].ca, -i))
-    return min(range(len(points)), key=lambda i: (points[i].asr, -points[i].ca))
+        return max(ok, key=lambda i: (curve[i]["ca"], -i))
+    return min(range(len(curve)), key=lambda i: (curve[i]["asr"], -curve[i]["ca"]))

@@ -111,4 +111,4 @@ def run(cfg: Config, model_path: Path, arch: str, data: str, out: Path, defense_
 def _curve_png(curve: list[dict], report: dict) -> bytes:
     """defend measures held-out clean accuracy only: no test CA, no ASR, no oracle."""
     rows = [{"threshold": r["threshold"], "holdout_acc": r["holdout_acc"]} for r in curve]
-    return curve_png(rows, "threshold", report["selected"] if report["pruned"] else None, before={"holdout_acc": report["holdout_acc_before"]})
+    return curve_png(rows, "threshold", report["selected"], before={"holdout_acc": report["holdout_acc_before"]})

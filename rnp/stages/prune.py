@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..config import Config
-from ..defense import PrunePoint, mask_layers, oracle_point, prune_at, select_auto, sweep_curve, sweep_points
+from ..defense import decide_pruning, mask_layers, oracle_point
 from ..errors import RnpError
 from ..io import StageWriter, csv_bytes, json_bytes, load_tensors
 from ..metrics import accuracy, attack_metrics, der
@@ -46,64 +46,44 @@ def run(cfg: Config, poison_dir: Path, train_dir: Path, recover_dir: Path, out: 
     holdout, test, triggered = info.on(holdout_set, compute), info.on(test_set, compute), info.on(trig_set, compute)
     targets = extra["targets"]
 
-    # 1) the unpruned model
-    before = {"ca": accuracy(model, test), **attack_metrics(model, triggered, targets)}
-    base_holdout = accuracy(model, holdout)
-
-    # 2) the sweep: one model copy, weights rewritten in place at each point
-    points = sweep_points(p, sum(m.numel() for m in masks.values()))
-
     def measure() -> dict:
         return {"holdout_acc": accuracy(model, holdout), "ca": accuracy(model, test), **attack_metrics(model, triggered, targets)}
 
+    # the sweep chooses from clean held-out data only; the oracle looks at test data and is for reporting
     start = time.perf_counter()
-    rows = sweep_curve(layers, masks, p.sweep, points, measure, lambda it: progress(it, "prune"))
-    curve = [PrunePoint(r["threshold"], r["pruned"], r["holdout_acc"], r["ca"], r["asr"], r["ra"]) for r in rows]
+    decision = decide_pruning(layers, masks, p, measure, progress=lambda it: progress(it, "prune"))
     seconds = time.perf_counter() - start
-
-    # 3) choose from clean held-out data only; the oracle looks at test data and is for reporting
-    if p.select == "auto":
-        selected = select_auto([c.holdout_acc for c in curve], base_holdout, p.max_clean_drop, p.max_first_drop)
-    else:
-        selected = points.index(p.threshold if p.sweep == "threshold" else min(p.number, points[-1]))
-    oracle = oracle_point(curve, p.oracle_max_asr)
-    oracle_pt = curve[oracle]
-    if selected is None:  # every point costs more clean accuracy than allowed: keep the model unpruned
-        chosen_point = PrunePoint(-1.0, 0, base_holdout, before["ca"], before["asr"], before["ra"])
-    else:
-        chosen_point = curve[selected]
-        prune_at(layers, masks, p.sweep, points[selected])
+    before, chosen, rows = decision.unpruned, decision.chosen, decision.curve
+    oracle = oracle_point(rows, p.oracle_max_asr)
+    oracle_pt = rows[oracle]
 
     metrics = {
-        "ca": chosen_point.ca,
-        "asr": chosen_point.asr,
-        "ra": chosen_point.ra,
-        "der": der(before["ca"], before["asr"], chosen_point.ca, chosen_point.asr),
-        "pruned": chosen_point.pruned,
-        "threshold": chosen_point.threshold,
+        "ca": chosen["ca"],
+        "asr": chosen["asr"],
+        "ra": chosen["ra"],
+        "der": der(before["ca"], before["asr"], chosen["ca"], chosen["asr"]),
+        "pruned": decision.pruned,
+        "threshold": decision.threshold,  # null: nothing pruned
         "ca_before": before["ca"],
         "asr_before": before["asr"],
         "ra_before": before["ra"],
-        "holdout_acc_before": base_holdout,
+        "holdout_acc_before": before["holdout_acc"],
         "holdout_size": len(holdout_set),
-        "oracle_threshold": oracle_pt.threshold,
-        "oracle_pruned": oracle_pt.pruned,
-        "oracle_ca": oracle_pt.ca,
-        "oracle_asr": oracle_pt.asr,
+        "oracle_threshold": oracle_pt["threshold"],
+        "oracle_pruned": oracle_pt["pruned"],
+        "oracle_ca": oracle_pt["ca"],
+        "oracle_asr": oracle_pt["asr"],
     }
     x = "threshold" if p.sweep == "threshold" else "pruned"
     with StageWriter(out) as w:
-        w.write("model.safetensors", model_bytes(model, spec, {"params": cfg.to_dict(), "stage": "prune", "pruned": chosen_point.pruned, "threshold": chosen_point.threshold}))
+        w.write("model.safetensors", model_bytes(model, spec, {"params": cfg.to_dict(), "stage": "prune", "pruned": decision.pruned, "threshold": decision.threshold}))
         w.write("curve.csv", csv_bytes(rows))
-        w.write("curve.png", curve_png(rows, x, selected, oracle, {**before, "holdout_acc": base_holdout}))
-        w.write("masks.png", masks_png(masks, chosen_point.threshold if selected is not None else None))
+        w.write("curve.png", curve_png(rows, x, decision.selected, oracle, before))
+        w.write("masks.png", masks_png(masks, decision.threshold))
         w.write("metrics.json", json_bytes(metrics))
-    if selected is None:
-        say(f"prune: NOTHING PRUNED: the first point (t = 0) costs {base_holdout - curve[0].holdout_acc:.1%} of held-out accuracy, "
-            f"more than prune.max_first_drop {p.max_first_drop:.0%}: the masks did not separate the backdoor")
     say(
-        f"prune: {p.select} {x} {getattr(chosen_point, x):g} ({chosen_point.pruned} channels): "
-        f"CA {before['ca']:.1%} -> {chosen_point.ca:.1%}, ASR {before['asr']:.1%} -> {chosen_point.asr:.1%}; "
-        f"oracle {x} {getattr(oracle_pt, x):g}: CA {oracle_pt.ca:.1%}, ASR {oracle_pt.asr:.1%} ({len(points)} points, {seconds:.1f} s) -> {out}"
+        f"prune: {decision.why}; {x} {chosen[x] if chosen[x] is not None else 'none'} ({decision.pruned} channels): "
+        f"CA {before['ca']:.1%} -> {chosen['ca']:.1%}, ASR {before['asr']:.1%} -> {chosen['asr']:.1%}; "
+        f"oracle {x} {oracle_pt[x]:g}: CA {oracle_pt['ca']:.1%}, ASR {oracle_pt['asr']:.1%} ({len(rows)} points, {seconds:.1f} s) -> {out}"
     )
     return metrics

@@ -28,7 +28,7 @@ def table(m: dict[str, dict], markdown: bool = False) -> str:
         rows.append(("masks (recover)", "", "", "", f"{recover['channels']} channels in {recover['layers']} layers, "
                      f"{recover['zero_masks']} at 0, mean {recover['mean_mask']:.2f}"))
     if prune:
-        how = ("nothing pruned" if prune["threshold"] < 0 else f"threshold {prune['threshold']:g}, {prune['pruned']} channels pruned")
+        how = ("nothing pruned" if prune["threshold"] is None else f"threshold {prune['threshold']:g}, {prune['pruned']} channels pruned")
         rows.append(("purified (prune)", _pct(prune["ca"]), _pct(prune["asr"]), _pct(prune["ra"]), f"{how}; DER {prune['der']:.3f}"))
         rows.append(("oracle (test labels)", _pct(prune["oracle_ca"]), _pct(prune["oracle_asr"]), "",
                      f"threshold {prune['oracle_threshold']:g}, {prune['oracle_pruned']} channels; for reporting only"))
