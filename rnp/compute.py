@@ -18,10 +18,7 @@ from torch import nn
 
 from .errors import RnpError
 
-__all__ = ["PRECISIONS", "Compute", "compile_or_eager", "resolve_device", "resolve_compute"]
-
-PRECISIONS = ("auto", "fp32", "bf16")
-
+__all__ = ["Compute", "compile_or_eager", "resolve_device", "resolve_compute"]
 
 @dataclass(frozen=True)
 class Compute:

@@ -1,12 +1,12 @@
 """Property-based bad params: any wrong type, out-of-range value, unknown key or missing section -> exit 2, one line naming the key, nothing written."""
 
-import dataclasses
 import typing
 
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from rnp.cli import main
 from rnp.config import Config, config_from_dict
@@ -17,14 +17,13 @@ STAGES = ["poison", "train", "unlearn", "recover", "prune"]
 
 
 def leaf_keys(cls=Config, prefix=""):
-    """(dotted key, type) for every leaf param."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        hint = hints[f.name]
-        if dataclasses.is_dataclass(hint):
-            yield from leaf_keys(hint, f"{prefix}{f.name}.")
+    """(dotted key, type) for every leaf param (Literal choices count as str)."""
+    for name, info in cls.model_fields.items():
+        hint = info.annotation
+        if isinstance(hint, type) and issubclass(hint, BaseModel):
+            yield from leaf_keys(hint, f"{prefix}{name}.")
         else:
-            yield f"{prefix}{f.name}", hint
+            yield f"{prefix}{name}", str if typing.get_origin(hint) is typing.Literal else typing.get_origin(hint) or hint
 
 
 LEAVES = list(leaf_keys())

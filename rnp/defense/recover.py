@@ -8,13 +8,13 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..errors import RnpError
-from ..config import AugmentParams, RecoverParams
+from ..config import AugmentParams, MaskOn, RecoverParams, choices
 from ..data import DeviceData
 from ..training import EpochStats, run_epoch
 
 __all__ = ["ChannelMask", "MASK_ON", "bn_layers", "mask_layers", "resolve_mask_on", "channel_view", "attach_masks", "recover"]
 
-MASK_ON = ("auto", "bn", "norm", "conv")
+MASK_ON = choices(MaskOn)
 NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
