@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> list[tuple[str, dict, dict]]:
             run_cell(arch, attack, seed, params)
         before, curve = read_curve(path)
         curves.append((before, curve))
-        rows.append((f"{arch} × {attack}" + (f", seed {seed}" if seed else ""), before, score(before, curve, (cfg.prune.max_clean_drop, cfg.prune.max_first_drop))))
+        budget = (cfg.prune.max_clean_drop, cfg.prune.max_first_drop)
+        rows.append((f"{arch} × {attack}" + (f", seed {seed}" if seed else ""), before, score(before, curve, budget)))
     table = markdown(rows) + "\n\n" + budget_line(curves, cfg.prune.max_first_drop)
     print(table)
     SUMMARY.parent.mkdir(parents=True, exist_ok=True)
@@ -157,7 +158,8 @@ def main(argv: list[str] | None = None) -> list[tuple[str, dict, dict]]:
         w.writerow(["cell", "auto_threshold", "auto_ca", "auto_asr", "oracle_threshold", "oracle_ca", "oracle_asr", "hit", "learnt"])
         for name, _, s in rows:
             o = s["oracle"] or {"threshold": "", "ca": "", "asr": ""}
-            w.writerow([name, s["chosen"]["threshold"], s["chosen"]["ca"], s["chosen"]["asr"], o["threshold"], o["ca"], o["asr"], s["hit"], s["learnt"]])
+            c = s["chosen"]
+            w.writerow([name, c["threshold"], c["ca"], c["asr"], o["threshold"], o["ca"], o["asr"], s["hit"], s["learnt"]])
     if not args.no_readme:
         write_marked(table, ROOT / "docs" / "autothreshold.md", "autothreshold")
     return rows

@@ -21,9 +21,9 @@ import yaml
 
 from rnp.attacks import list_attacks
 from rnp.config import config_from_dict, with_overrides
-from rnp.purify import defend
 from rnp.metrics import accuracy, attack_metrics
 from rnp.models import create_model, load_model
+from rnp.purify import defend
 from rnp.stages import poison, train
 from rnp.stages._common import load_imageset
 from rnp.training import fit, seeded_generator
@@ -63,7 +63,6 @@ def evaluate(name: str, cfg, backdoored: bool) -> dict:
         on = lambda s: info.on(s, torch.device("cpu"))  # noqa: E731
         before = {"ca": accuracy(model, on(test)), **attack_metrics(model, on(trig), extra["targets"])}
         after = {"ca": accuracy(purified, on(test)), **attack_metrics(purified, on(trig), extra["targets"])}
-        oracle = None
     return {
         "model": name if backdoored else f"clean (seed {cfg.seed})", "target": cfg.attack.target if backdoored else "",
         "flagged": report["backdoor_suspected"], "suspected": report["suspected_target"], "score": round(report["target_score"], 3),

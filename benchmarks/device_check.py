@@ -151,7 +151,8 @@ def dvc_part(device: str, out: Path, overrides: list[str]) -> dict:
 
 
 def summary(report: dict) -> str:
-    lines = [f"device check on {report['gpu']['name'] if report['gpu'] else 'CPU (dry)'}", "| part | status | s | peak GPU MiB |", "|---|---|---:|---:|"]
+    where = report["gpu"]["name"] if report["gpu"] else "CPU (dry)"
+    lines = [f"device check on {where}", "| part | status | s | peak GPU MiB |", "|---|---|---:|---:|"]
     for name, part in report["parts"].items():
         lines.append(f"| {name} | {part['status']} | {part['seconds']:.0f} | {part['peak_gpu_mib'] if part['peak_gpu_mib'] is not None else '—'} |")
     out = Path(report["out"])

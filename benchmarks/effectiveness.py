@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.attacks:
         row = run_attack(name, params, args.seed)
         previous[name] = row
-        print(f"{name:<15} CA {row['ca_before']:.3f} -> {row['ca_after']:.3f}   ASR {row['asr_before']:.3f} -> {row['asr_after']:.3f}   ({row['seconds']} s)", flush=True)
+        ca, asr = f"CA {row['ca_before']:.3f} -> {row['ca_after']:.3f}", f"ASR {row['asr_before']:.3f} -> {row['asr_after']:.3f}"
+        print(f"{name:<15} {ca}   {asr}   ({row['seconds']} s)", flush=True)
         rows = [previous[n] for n in ATTACKS.names() if n in previous]
         args.csv.parent.mkdir(parents=True, exist_ok=True)
         with args.csv.open("w", newline="") as f:

@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--image-size", type=int, default=32, help="folder data: resize images to this side (default 32)")
     d.add_argument("--mean", help="normalisation the model was trained with, e.g. 0.4914,0.4822,0.4465 (default: the data's own)")
     d.add_argument("--std", help="e.g. 0.247,0.243,0.261 (default: the data's own)")
-    d.add_argument("--mask-on", choices=choices(MaskOn), default="auto", help="what to mask: BN (default when present), any norm layer, conv channels")
+    d.add_argument("--mask-on", choices=choices(MaskOn), default="auto", help="what to mask: BN (default when present), any norm, conv channels")
     d.add_argument("--force", action="store_true", help="prune even when no backdoor is detected")
     return ap
 

@@ -7,8 +7,8 @@ augment whole batches there: no per-sample Python, no PIL in the hot loop.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +42,7 @@ class ImageSet:
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def subset(self, idx: torch.Tensor) -> "ImageSet":
+    def subset(self, idx: torch.Tensor) -> ImageSet:
         return ImageSet(self.images[idx], self.labels[idx])
 
 

@@ -11,8 +11,9 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -160,7 +161,7 @@ class StageWriter:
             tmp.unlink(missing_ok=True)
         self._pending.clear()
 
-    def __enter__(self) -> "StageWriter":
+    def __enter__(self) -> StageWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -1,6 +1,6 @@
 """Every registered attack on digits32: what each trigger may change, labels, cover images, determinism."""
 
-from functools import lru_cache
+from functools import cache
 
 import pytest
 import torch
@@ -27,7 +27,7 @@ def fast_config(name: str, **more):
     return make_config(**{**FAST, "attack.name": name, **more})
 
 
-@lru_cache(maxsize=None)
+@cache
 def poisoned(name: str, seed: int = 0):
     cfg = fast_config(name)
     return cfg, poison(load_dataset("digits32"), cfg.data, cfg.attack, seed)

@@ -9,7 +9,8 @@ from rnp.data import DeviceData, ImageSet
 from rnp.defense import recover
 from rnp.io import load_tensors
 from rnp.models import ModelSpec, create_model, load_model, model_bytes
-from rnp.stages import prune, recover as recover_stage, unlearn
+from rnp.stages import prune, unlearn
+from rnp.stages import recover as recover_stage
 from rnp.training import run_epoch, seeded_generator
 
 from .conftest import make_config

@@ -10,10 +10,10 @@ import rnp
 from rnp.cli import main
 from rnp.config import Config
 from rnp.data import load_dataset
-from rnp.purify import defend
 from rnp.errors import RnpError
 from rnp.metrics import attack_metrics
 from rnp.models import ModelSpec, create_model, load_model, model_bytes
+from rnp.purify import defend
 from rnp.stages._common import load_imageset
 from rnp.training import run_epoch, seeded_generator
 
@@ -216,8 +216,8 @@ def test_mask_on_bn_for_a_model_without_bn_is_named_before_unlearning(tmp_path, 
 
 def test_a_last_training_batch_of_one_image_is_merged_not_fed_to_batchnorm_alone():
     """torchvision's ResNet-18 has 1x1 maps in its last stage at 32x32: a batch of one image there is a BatchNorm error."""
-    from rnp.data import DeviceData, ImageSet
     from rnp.config import AugmentParams
+    from rnp.data import DeviceData, ImageSet
 
     data = ImageSet(torch.randint(0, 256, (65, 3, 32, 32), dtype=torch.uint8), torch.arange(65) % 10)
     device_data = DeviceData(data, (0.5,) * 3, (0.25,) * 3, "cpu")

@@ -1,4 +1,7 @@
-"""Property-based bad params: any wrong type, out-of-range value, unknown key or missing section -> exit 2, one line naming the key, nothing written."""
+"""Property-based bad params: any wrong type, out-of-range value, unknown key or missing section.
+
+Each is exit 2, one line naming the key, nothing written.
+"""
 
 import typing
 

@@ -78,7 +78,8 @@ def test_select_auto_stops_before_the_first_drop_beyond_budget():
 
 def test_choose_point_fixed_auto_and_nothing():
     points = [0.0, 0.1, 0.2]
-    assert choose_point([1.0, 0.99, 0.5], 1.0, points, PruneParams(max_clean_drop=0.02)) == (1, "auto: the last point within prune.max_clean_drop 2% of held-out accuracy")
+    i, why = choose_point([1.0, 0.99, 0.5], 1.0, points, PruneParams(max_clean_drop=0.02))
+    assert (i, why) == (1, "auto: the last point within prune.max_clean_drop 2% of held-out accuracy")
     assert choose_point([0.1, 0.1, 0.1], 1.0, points, PruneParams(select="fixed", threshold=0.2))[0] == 2  # fixed ignores the curve
     i, why = choose_point([0.5, 0.5, 0.5], 1.0, points, PruneParams())
     assert i is None and why.startswith("NOTHING PRUNED") and "50.0%" in why

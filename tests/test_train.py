@@ -3,8 +3,8 @@ import json
 import torch
 
 from rnp.data import DeviceData
-from rnp.models import load_model
 from rnp.metrics import der
+from rnp.models import load_model
 from rnp.stages._common import load_imageset
 
 

@@ -121,12 +121,32 @@ def test_check_grid_names_the_problem(fields, message, monkeypatch):
         check_grid(config)
 
 
-def test_duplicate_torchvision_arch_slug_is_refused(monkeypatch):
+def test_duplicate_arch_is_refused_as_a_duplicate(monkeypatch):
     monkeypatch.chdir(ROOT)
-    config = {"params": "params.yaml", "datasets": ["digits"], "attacks": ["badnets"], "archs": ["torchvision:resnet18", "torchvision-resnet18"],
-              "seeds": [0], "defenses": {"default": {}}}
-    with pytest.raises(RnpError):
+    archs = ["torchvision:resnet18", "small_cnn", "torchvision:resnet18"]
+    config = {"params": "params.yaml", "datasets": ["digits"], "attacks": ["badnets"], "archs": archs, "seeds": [0], "defenses": {"default": {}}}
+    with pytest.raises(RnpError, match="archs lists torchvision-resnet18 twice"):
         check_grid(config)
+
+
+def test_workflow_lints_clean_and_names_its_software(project):
+    """`snakemake --lint` has nothing to say; every job rule has the conda env, which installs this package; the
+    Kubernetes profile's image is the one workflow/envs/Dockerfile builds, from files that exist."""
+    repo, env = project
+    proc = smk(["--lint"], repo, env)
+    assert "Congratulations" in proc.stdout + proc.stderr and "Lints for" not in proc.stdout + proc.stderr
+    envs = ROOT / "workflow" / "envs"
+    pip = yaml.safe_load((envs / "rnp.yaml").read_text())["dependencies"][-1]["pip"]
+    (package,) = [p for p in pip if p.startswith("rnp[workflow] @ file:")]
+    assert (envs / package.split("file:")[1] / "pyproject.toml").is_file()
+    rules = (ROOT / "workflow" / "rules" / "stages.smk").read_text()
+    assert rules.count("conda:\n        ENV") == rules.count("\nrule ") == 5
+    dockerfile = (envs / "Dockerfile").read_text()
+    image = yaml.safe_load((ROOT / "workflow/profiles/kubernetes/config.yaml").read_text())["container-image"]
+    assert f"-t {image} ." in dockerfile
+    for line in dockerfile.splitlines():
+        if line.startswith("COPY "):
+            assert all((ROOT / src).exists() for src in line.split()[1:-1]), line
 
 
 def test_cluster_profiles_plan(project):

@@ -9,9 +9,9 @@ seed; the returned Trigger then stamps uint8 images.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable
 
 import torch
 from torch import nn

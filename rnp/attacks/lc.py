@@ -26,7 +26,7 @@ def pgd_away(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: 
 
 @register_attack("lc", modes=("all_to_one",), clean_label=True)
 def lc(ctx: AttackContext) -> Trigger:
-    """Label-consistent (Turner et al. 2019): target-class images made hard by PGD (eps 16/255) on a clean surrogate, plus four-corner checkerboards."""
+    """Label-consistent (Turner et al. 2019): target-class images made hard by PGD on a clean surrogate, plus four-corner checkerboards."""
     p = ctx.params.lc
     check_fits("attack.lc.size", p.size, ctx.image_shape)
     patch = badnets_patch(p.size, ctx.image_shape[0], "checkerboard", ctx.gen)

@@ -1,15 +1,15 @@
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..errors import RnpError
 from ..config import AugmentParams, MaskOn, RecoverParams, choices
 from ..data import DeviceData
+from ..errors import RnpError
 from ..training import EpochStats, run_epoch
 
 __all__ = ["ChannelMask", "MASK_ON", "bn_layers", "mask_layers", "resolve_mask_on", "channel_view", "attach_masks", "recover"]

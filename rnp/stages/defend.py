@@ -12,13 +12,13 @@ import torch
 from ..config import Config
 from ..data import DeviceData, load_dataset
 from ..defense import MASK_ON, mask_layers
-from ..purify import defend
 from ..errors import RnpError
 from ..io import StageWriter, csv_bytes, json_bytes, tensors_bytes
 from ..metrics import accuracy
 from ..models import ModelSpec, model_bytes
 from ..plots import curve_png
 from ..poisoning import split_test
+from ..purify import defend
 from ..untrusted import load_untrusted
 from ._common import resolve_compute, say, seed_everything
 

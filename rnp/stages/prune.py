@@ -76,7 +76,8 @@ def run(cfg: Config, poison_dir: Path, train_dir: Path, recover_dir: Path, out: 
     }
     x = "threshold" if p.sweep == "threshold" else "pruned"
     with StageWriter(out) as w:
-        w.write("model.safetensors", model_bytes(model, spec, {"params": cfg.to_dict(), "stage": "prune", "pruned": decision.pruned, "threshold": decision.threshold}))
+        meta = {"params": cfg.to_dict(), "stage": "prune", "pruned": decision.pruned, "threshold": decision.threshold}
+        w.write("model.safetensors", model_bytes(model, spec, meta))
         w.write("curve.csv", csv_bytes(rows))
         w.write("curve.png", curve_png(rows, x, decision.selected, oracle, before))
         w.write("masks.png", masks_png(masks, decision.threshold))

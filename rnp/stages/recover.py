@@ -34,7 +34,8 @@ def run(cfg: Config, poison_dir: Path, unlearn_dir: Path, out: Path) -> dict:
 
     def report(epoch, stats, masks):
         flat = torch.cat([m.flatten() for m in masks.values()])
-        history.append({"epoch": epoch, "loss": stats.loss, "defense_acc": stats.acc, "mean_mask": flat.mean().item(), "zero_masks": int((flat == 0).sum())})
+        zero = int((flat == 0).sum())
+        history.append({"epoch": epoch, "loss": stats.loss, "defense_acc": stats.acc, "mean_mask": flat.mean().item(), "zero_masks": zero})
         bar.update()
         bar.set_postfix(defense_acc=f"{stats.acc:.3f}")
 
@@ -58,5 +59,6 @@ def run(cfg: Config, poison_dir: Path, unlearn_dir: Path, out: Path) -> dict:
         w.write("masks.png", masks_png(masks))
         w.write("history.csv", csv_bytes(history))
         w.write("metrics.json", json_bytes(metrics))
-    say(f"recover: {metrics['channels']} masks over {metrics['layers']} {cfg.recover.mask_on} layers ({seconds:.1f} s), {metrics['zero_masks']} at 0, {metrics['masks_below_0_2']} <= 0.2 -> {out}")
+    say(f"recover: {metrics['channels']} masks over {metrics['layers']} {cfg.recover.mask_on} layers ({seconds:.1f} s), "
+        f"{metrics['zero_masks']} at 0, {metrics['masks_below_0_2']} <= 0.2 -> {out}")
     return metrics

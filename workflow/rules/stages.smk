@@ -1,79 +1,121 @@
 # The five DVC stages, one rule each, calling the same CLI.
-
-DATA_FILES = ["train.safetensors", "test_clean.safetensors", "test_poison.safetensors", "defense.safetensors", "holdout.safetensors"]
+# Each first writes its params text where its outputs go, then runs `rnp <stage>` on it.
 
 
 rule poison:
     output:
-        expand(POISON + "/poison/{file}", file=DATA_FILES, allow_missing=True),
-        params=POISON + "/poison/params.yaml",
-        trigger=POISON + "/poison/trigger.png",
-        metrics=POISON + "/poison/metrics.json",
-    params: text=lambda w: params_text(w, "poison")
-    benchmark: BENCH + "/{dataset}/{attack}/seed{seed}/poison.tsv"
-    log: POISON + "/poison/log.txt"
-    resources: runtime=30
-    shell: WRITE_PARAMS + "rnp poison --params {output.params} --out $(dirname {output.metrics}) > {log} 2>&1"
+        get_poison_files(),
+        params=f"{POISON}/poison/params.yaml",
+        trigger=f"{POISON}/poison/trigger.png",
+        metrics=f"{POISON}/poison/metrics.json",
+    params:
+        text=get_params_text("poison"),
+    benchmark:
+        f"{BENCH_POISON}/poison.tsv"
+    log:
+        f"{POISON}/poison/log.txt",
+    resources:
+        runtime=30,
+    conda:
+        ENV
+    shell:
+        "printf '%s\\n' {params.text:q} > {output.params} && rnp poison --params {output.params} --out $(dirname {output.metrics}) > {log} 2>&1"
 
 
 rule train:
     input:
-        data=expand(POISON + "/poison/{file}", file=DATA_FILES[:3], allow_missing=True),
+        data=get_poison_files(DATA_FILES[:3]),
     output:
-        params=TRAIN + "/train/params.yaml",
-        model=TRAIN + "/train/model.safetensors",
-        history=TRAIN + "/train/history.csv",
-        metrics=TRAIN + "/train/metrics.json",
-    params: text=lambda w: params_text(w, "train")
-    benchmark: BENCH + "/{dataset}/{attack}/seed{seed}/{arch}/train.tsv"
-    log: TRAIN + "/train/log.txt"
-    resources: runtime=240
-    shell: WRITE_PARAMS + "rnp train --params {output.params} --poison $(dirname {input.data[0]}) --out $(dirname {output.metrics}) > {log} 2>&1"
+        params=f"{TRAIN}/train/params.yaml",
+        model=f"{TRAIN}/train/model.safetensors",
+        history=f"{TRAIN}/train/history.csv",
+        metrics=f"{TRAIN}/train/metrics.json",
+    params:
+        text=get_params_text("train"),
+    benchmark:
+        f"{BENCH_TRAIN}/train.tsv"
+    log:
+        f"{TRAIN}/train/log.txt",
+    resources:
+        runtime=240,
+    conda:
+        ENV
+    shell:
+        "printf '%s\\n' {params.text:q} > {output.params} && rnp train --params {output.params} --poison $(dirname {input.data[0]}) --out $(dirname {output.metrics}) > {log} 2>&1"
 
 
 rule unlearn:
     input:
-        data=expand(POISON + "/poison/{file}", file=DATA_FILES, allow_missing=True),
-        model=TRAIN + "/train/model.safetensors",
+        data=get_poison_files(),
+        model=f"{TRAIN}/train/model.safetensors",
     output:
-        params=DEFENSE + "/unlearn/params.yaml",
-        model=DEFENSE + "/unlearn/model.safetensors",
-        metrics=DEFENSE + "/unlearn/metrics.json",
-    params: text=lambda w: params_text(w, "defense")
-    benchmark: BENCH + "/{dataset}/{attack}/seed{seed}/{arch}/{defense}/unlearn.tsv"
-    log: DEFENSE + "/unlearn/log.txt"
-    resources: runtime=30
-    shell: WRITE_PARAMS + "rnp unlearn --params {output.params} --poison $(dirname {input.data[0]}) --train $(dirname {input.model}) --out $(dirname {output.metrics}) > {log} 2>&1"
+        params=f"{DEFENSE}/unlearn/params.yaml",
+        model=f"{DEFENSE}/unlearn/model.safetensors",
+        metrics=f"{DEFENSE}/unlearn/metrics.json",
+    params:
+        text=get_params_text("defense"),
+    benchmark:
+        f"{BENCH_DEFENSE}/unlearn.tsv"
+    log:
+        f"{DEFENSE}/unlearn/log.txt",
+    resources:
+        runtime=30,
+    conda:
+        ENV
+    shell:
+        "printf '%s\\n' {params.text:q} > {output.params} && rnp unlearn --params {output.params} --poison $(dirname {input.data[0]}) --train $(dirname {input.model}) "
+        "--out $(dirname {output.metrics}) > {log} 2>&1"
 
 
 rule recover:
     input:
-        data=expand(POISON + "/poison/{file}", file=DATA_FILES, allow_missing=True),
-        model=DEFENSE + "/unlearn/model.safetensors",
+        data=get_poison_files(),
+        model=f"{DEFENSE}/unlearn/model.safetensors",
     output:
-        params=DEFENSE + "/recover/params.yaml",
-        masks=DEFENSE + "/recover/masks.safetensors",
-        metrics=DEFENSE + "/recover/metrics.json",
-    params: text=lambda w: params_text(w, "defense")
-    benchmark: BENCH + "/{dataset}/{attack}/seed{seed}/{arch}/{defense}/recover.tsv"
-    log: DEFENSE + "/recover/log.txt"
-    resources: runtime=30
-    shell: WRITE_PARAMS + "rnp recover --params {output.params} --poison $(dirname {input.data[0]}) --unlearn $(dirname {input.model}) --out $(dirname {output.metrics}) > {log} 2>&1"
+        params=f"{DEFENSE}/recover/params.yaml",
+        masks=f"{DEFENSE}/recover/masks.safetensors",
+        metrics=f"{DEFENSE}/recover/metrics.json",
+    params:
+        text=get_params_text("defense"),
+    benchmark:
+        f"{BENCH_DEFENSE}/recover.tsv"
+    log:
+        f"{DEFENSE}/recover/log.txt",
+    resources:
+        runtime=30,
+    conda:
+        ENV
+    shell:
+        "printf '%s\\n' {params.text:q} > {output.params} && rnp recover --params {output.params} --poison $(dirname {input.data[0]}) --unlearn $(dirname {input.model}) "
+        "--out $(dirname {output.metrics}) > {log} 2>&1"
 
 
 rule prune:
     input:
-        data=expand(POISON + "/poison/{file}", file=DATA_FILES, allow_missing=True),
-        model=TRAIN + "/train/model.safetensors",
-        masks=DEFENSE + "/recover/masks.safetensors",
+        data=get_poison_files(),
+        model=f"{TRAIN}/train/model.safetensors",
+        masks=f"{DEFENSE}/recover/masks.safetensors",
     output:
-        params=DEFENSE + "/prune/params.yaml",
-        model=DEFENSE + "/prune/model.safetensors",
-        curve=report(DEFENSE + "/prune/curve.png", caption="../report/curve.rst", category="Pruning curves",
-                     subcategory="{dataset} / {attack} / seed {seed}", labels={"arch": "{arch}", "defense": "{defense}"}),
-        metrics=DEFENSE + "/prune/metrics.json",
-    params: text=lambda w: params_text(w, "defense")
-    benchmark: BENCH + "/{dataset}/{attack}/seed{seed}/{arch}/{defense}/prune.tsv"
-    log: DEFENSE + "/prune/log.txt"
-    resources: runtime=30
-    shell: WRITE_PARAMS + "rnp prune --params {output.params} --poison $(dirname {input.data[0]}) --train $(dirname {input.model}) --recover $(dirname {input.masks}) --out $(dirname {output.metrics}) > {log} 2>&1"
+        params=f"{DEFENSE}/prune/params.yaml",
+        model=f"{DEFENSE}/prune/model.safetensors",
+        curve=report(
+            f"{DEFENSE}/prune/curve.png",
+            caption="../report/curve.rst",
+            category="Pruning curves",
+            subcategory="{dataset} / {attack} / seed {seed}",
+            labels={"arch": "{arch}", "defense": "{defense}"},
+        ),
+        metrics=f"{DEFENSE}/prune/metrics.json",
+    params:
+        text=get_params_text("defense"),
+    benchmark:
+        f"{BENCH_DEFENSE}/prune.tsv"
+    log:
+        f"{DEFENSE}/prune/log.txt",
+    resources:
+        runtime=30,
+    conda:
+        ENV
+    shell:
+        "printf '%s\\n' {params.text:q} > {output.params} && rnp prune --params {output.params} --poison $(dirname {input.data[0]}) --train $(dirname {input.model}) "
+        "--recover $(dirname {input.masks}) --out $(dirname {output.metrics}) > {log} 2>&1"
