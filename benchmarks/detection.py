@@ -21,9 +21,9 @@ import yaml
 
 from rnp.attacks import list_attacks
 from rnp.config import config_from_dict, with_overrides
+from rnp.defense import defend
 from rnp.metrics import accuracy, attack_metrics
 from rnp.models import create_model, load_model
-from rnp.purify import defend
 from rnp.stages import poison, train
 from rnp.stages._common import load_imageset
 from rnp.training import fit, seeded_generator
@@ -41,7 +41,7 @@ def clean_model(cfg, poison_dir: Path):
     keep = ~(extra["poisoned"].bool() | extra["cover"].bool())
     torch.manual_seed(cfg.seed)
     model = create_model(info.model_spec(cfg.model.arch))
-    fit(model, info.on(data.subset(keep.nonzero().flatten()), torch.device("cpu")), cfg.train, cfg.augment, seeded_generator(cfg.seed))
+    fit(model, info.to_device(data.subset(keep.nonzero().flatten()), torch.device("cpu")), cfg.train, cfg.augment, seeded_generator(cfg.seed))
     return model.eval()
 
 
@@ -60,7 +60,7 @@ def evaluate(name: str, cfg, backdoored: bool) -> dict:
         trig, _, extra = load_imageset(root / "poison" / "test_poison.safetensors", "targets")
         images, labels = torch.cat([defense.images, holdout.images]), torch.cat([defense.labels, holdout.labels])
         purified, report = defend(model, images, labels, info.mean, info.std, info.num_classes, cfg)
-        on = lambda s: info.on(s, torch.device("cpu"))  # noqa: E731
+        on = lambda s: info.to_device(s, torch.device("cpu"))  # noqa: E731
         before = {"ca": accuracy(model, on(test)), **attack_metrics(model, on(trig), extra["targets"])}
         after = {"ca": accuracy(purified, on(test)), **attack_metrics(purified, on(trig), extra["targets"])}
     return {

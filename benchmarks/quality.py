@@ -37,12 +37,11 @@ import torch
 from rnp.compute import resolve_compute
 from rnp.config import PruneParams, config_from_dict, with_overrides
 from rnp.data import DeviceData, ImageSet
-from rnp.defense import choose_point
+from rnp.defense import choose_point, detect_target
 from rnp.io import atomic_write_bytes, json_bytes, read_json
 from rnp.models import load_model
 from rnp.presets import get_preset
-from rnp.purify import detect_target
-from rnp.stages import poison, prune, recover, train, unlearn
+from rnp.stages import STAGES, poison, prune, recover, train, unlearn
 from rnp.stages._common import load_imageset
 
 from .effectiveness import write_marked
@@ -92,7 +91,7 @@ def stage_keys(cfg) -> dict[str, dict]:
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     values, keys, upstream = cfg.to_dict(), {}, {}
-    for name in ("poison", "train", "unlearn", "recover", "prune"):
+    for name in STAGES:
         upstream = {**upstream, **{k: values[k] for k in stages[name]["params"]}}
         keys[name] = upstream
     return keys

@@ -8,7 +8,7 @@ def __getattr__(name: str):
     # rnp.defend(model, images, labels, ...) without making `import rnp` load torch and the whole package:
     # a stage imports only what it uses, so dvc.yaml can list exactly the code that changes its numbers
     if name == "defend":
-        from .purify import defend
+        from .defense import defend
 
         return defend
     raise AttributeError(f"module 'rnp' has no attribute {name!r}")

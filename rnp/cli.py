@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .config import MaskOn, choices, load_config
 from .errors import RnpError
+from .stages import STAGES, run_stage
 
 __all__ = ["main"]
 
@@ -27,18 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--debug", action="store_true", help=f"show the traceback of an internal error (or set {DEBUG_ENV}=1)")
     sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    def stage(name: str, help: str, *inputs: str) -> None:
-        sp = sub.add_parser(name, help=help)
+    for stage in STAGES.values():
+        sp = sub.add_parser(stage.name, help=stage.help)
         sp.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
-        for inp in inputs:
+        for inp in stage.inputs:
             sp.add_argument(f"--{inp}", type=Path, default=Path("data") / inp, help=f"{inp} stage outputs (default: data/{inp})")
-        sp.add_argument("--out", type=Path, default=Path("data") / name, help=f"output folder (default: data/{name})")
-
-    stage("poison", "poison a data set and draw the clean defense data")
-    stage("train", "train the backdoored model", "poison")
-    stage("unlearn", "unlearn: gradient ascent on clean defense data", "poison", "train")
-    stage("recover", "recover: learn BN channel masks on the unlearned model", "poison", "unlearn")
-    stage("prune", "prune the original model by mask value, choose a point, export", "poison", "train", "recover")
+        sp.add_argument("--out", type=Path, default=Path("data") / stage.name, help=f"output folder (default: data/{stage.name})")
     sub.add_parser("list", help="list data sets, attacks and architectures")
     rp = sub.add_parser("report", help="the one table of a pipeline run: CA/ASR/RA of every model it made")
     rp.add_argument("--data", type=Path, default=Path("data"), help="the stages' output folders (default: data)")
@@ -63,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> None:
     if args.command == "list":
         from .attacks import ATTACKS
-        from .data import DATASETS
+        from .datasets import DATASETS
         from .models import MODELS
 
         for registry in (DATASETS, ATTACKS, MODELS):
@@ -89,18 +84,7 @@ def _run(args: argparse.Namespace) -> None:
         defend.run(cfg, args.model, args.arch, args.data, args.out, args.defense_size, args.image_size, args.mean, args.std, args.mask_on, args.force)
         return
     cfg = load_config(args.params)
-    from .stages import poison, prune, recover, train, unlearn
-
-    if args.command == "poison":
-        poison.run(cfg, args.out)
-    elif args.command == "train":
-        train.run(cfg, args.poison, args.out)
-    elif args.command == "unlearn":
-        unlearn.run(cfg, args.poison, args.train, args.out)
-    elif args.command == "recover":
-        recover.run(cfg, args.poison, args.unlearn, args.out)
-    elif args.command == "prune":
-        prune.run(cfg, args.poison, args.train, args.recover, args.out)
+    run_stage(args.command, cfg, {i: getattr(args, i) for i in STAGES[args.command].inputs}, args.out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,46 +13,26 @@ and the stages read them with `choices()`).
 from __future__ import annotations
 
 import copy
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, create_model, field_validator
 
+from .attacks import attack_sections
 from .errors import RnpError
+from .sections import Count, NonNegative, OpenUnit, Positive, Section, Unit, choices
 
 __all__ = [
     "Config", "load_config", "config_from_dict", "with_overrides", "choices",
-    "Precision", "MaskOn", "Position", "Pattern", "Mode", "Sweep", "Select",
+    "Precision", "MaskOn", "Mode", "Sweep", "Select",
 ]
 
 Precision = Literal["auto", "fp32", "bf16"]
 MaskOn = Literal["auto", "bn", "norm", "conv"]
-Position = Literal["bottom_right", "bottom_left", "top_right", "top_left", "center"]
-Pattern = Literal["checkerboard", "white", "black", "random"]
 Mode = Literal["all_to_one", "all_to_all"]
 Sweep = Literal["threshold", "number"]
 Select = Literal["auto", "fixed"]
-
-Positive = Annotated[float, Field(gt=0)]
-NonNegative = Annotated[float, Field(ge=0)]
-Unit = Annotated[float, Field(ge=0, le=1)]  # [0, 1]
-OpenUnit = Annotated[float, Field(gt=0, lt=1)]  # (0, 1)
-Count = Annotated[int, Field(gt=0)]
-
-
-def choices(literal: Any) -> tuple[str, ...]:
-    """The valid values of a Literal type, in order: choices(MaskOn) == ("auto", "bn", "norm", "conv")."""
-    return typing.get_args(literal)
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False, validate_default=True)
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump()
-
 
 class DataParams(Section):
     dataset: str = "digits"  # registry name, see `rnp list`
@@ -71,74 +51,39 @@ class DataParams(Section):
         return v
 
 
-class BadnetsParams(Section):
-    size: Count = 2  # patch side, pixels (Gu et al.: 3x3 on CIFAR-10)
-    position: Position = "bottom_right"
-    pattern: Pattern = "checkerboard"
 
 
-class BlendParams(Section):
-    alpha: OpenUnit = 0.2  # blend ratio of the generated noise pattern (Chen et al.; BackdoorBench: 0.2)
 
 
-class TrojanParams(Section):
-    size: Count = 3  # watermark side, pixels, bottom-right corner
-    steps: Count = 100  # trigger optimisation steps maximising the chosen neuron (Liu et al. 2018)
-    alpha: Unit = 1.0  # opacity of the watermark inside its mask
 
 
-class SigParams(Section):
-    delta: Positive = 20.0  # signal amplitude on the 0..255 scale (Barni et al.: 20)
-    frequency: Positive = 6.0  # sine periods across the image width (Barni et al.: 6)
 
 
-class WanetParams(Section):
-    grid: Count = 4  # k: control grid side (Nguyen & Tran 2021: 4)
-    strength: Positive = 0.5  # s: warping strength (0.5)
-    cross_ratio: NonNegative = 2.0  # noise mode: randomly warped, correctly labelled images per poisoned image (2)
 
 
-class LcParams(Section):
-    eps: Positive = 16.0  # L-inf budget of the adversarial perturbation, 0..255 scale (Turner et al.: 16/255)
-    steps: Count = 10  # PGD steps against the attacker's clean surrogate model
-    size: Count = 3  # checkerboard trigger side, stamped in all four corners
 
 
-class IadParams(Section):
-    epochs: Count = 10  # joint training of trigger generator and surrogate classifier
-    cross_ratio: NonNegative = 1.0  # cross-trigger images (another image's trigger, true label) per poisoned image
-    diversity: NonNegative = 1.0  # weight of the diversity loss (Nguyen & Tran 2020: 1)
-    mask_density: OpenUnit = 0.032  # target share of pixels the trigger mask covers
-    lr: Positive = 0.01  # Adam, generators
 
 
-class AdaptiveBlendParams(Section):
-    alpha: OpenUnit = 0.15  # training-time blend ratio (Qi et al. 2023: 0.15)
-    test_alpha: OpenUnit = 0.2  # test-time blend ratio, full trigger (0.2)
-    pieces: Count = 16  # the trigger is cut into this many equal pieces (16)
-    piece_rate: OpenUnit = 0.5  # share of pieces a poisoned training image gets (0.5)
-    cover_ratio: NonNegative = 1.0  # cover images (trigger, true label) per poisoned image (Qi et al.: equal rates)
 
 
-class AttackParams(Section):
+class AttackCommon(Section):
     name: str = "badnets"  # registry name, see `rnp list`
     target: Annotated[int, Field(ge=0)] = 0  # target class (all_to_one); all_to_all sends y to (y + 1) mod C
     mode: Mode = "all_to_one"  # all_to_all where the attack allows it
     rate: OpenUnit = 0.1  # share of training images poisoned (clean-label attacks: drawn from the target class)
     surrogate_arch: str = "small_cnn"  # trojan, lc, iad: the clean model the attacker trains for itself
     surrogate_epochs: Count = 10
-    badnets: BadnetsParams = BadnetsParams()
-    blend: BlendParams = BlendParams()
-    trojan: TrojanParams = TrojanParams()
-    sig: SigParams = SigParams()
-    wanet: WanetParams = WanetParams()
-    lc: LcParams = LcParams()
-    iad: IadParams = IadParams()
-    adaptive_blend: AdaptiveBlendParams = AdaptiveBlendParams()
 
     def settings(self) -> Any:
         """The chosen attack's own section (attack.<name>), or None for an attack without one."""
         return getattr(self, self.name, None)
+
+
+# attack.<name>: each attack module defines and registers its own section; adding an attack touches that module only
+AttackParams = create_model(
+    "AttackParams", __base__=AttackCommon, **{name: (section, section()) for name, section in attack_sections().items()}
+)
 
 
 class ModelParams(Section):

@@ -1,4 +1,4 @@
-"""Data sets as uint8 tensors, and device-resident batching.
+"""Data sets as uint8 tensors, and device-resident batching (the loaders live in rnp.datasets).
 
 A data set loader returns whole splits as `(N, C, H, W)` uint8 images and int64
 labels. Training and evaluation keep a split on the device and normalise and
@@ -14,15 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from .compute import Compute
-from .registry import Registry
 
 __all__ = [
     "Dataset",
     "ImageSet",
     "DeviceData",
-    "DATASETS",
-    "load_dataset",
-    "list_datasets",
     "random_crop",
     "random_flip",
 ]
@@ -45,6 +41,12 @@ class ImageSet:
     def subset(self, idx: torch.Tensor) -> ImageSet:
         return ImageSet(self.images[idx], self.labels[idx])
 
+    def split(self, share: float, seed: int) -> tuple[ImageSet, ImageSet]:
+        """(the rest, a random `share` of the images), each in the original order; deterministic in `seed`."""
+        perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        n = int(round(len(self) * share))
+        return self.subset(perm[n:].sort().values), self.subset(perm[:n].sort().values)
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -53,47 +55,6 @@ class Dataset:
     num_classes: int
     mean: tuple[float, ...]  # per channel, of images scaled to [0, 1]
     std: tuple[float, ...]
-
-
-DATASETS: Registry = Registry("data set", "data.dataset")
-
-
-def load_dataset(name: str, root: str = "data/raw", image_size: int = 32) -> Dataset:
-    return DATASETS.get(name)(root, image_size)
-
-
-def list_datasets() -> list[str]:
-    return DATASETS.names()
-
-
-@DATASETS.register("digits")
-def digits(root: str, image_size: int = 8) -> Dataset:
-    """scikit-learn's bundled handwritten digits: 1,797 real 8x8 grey images, 10 classes, offline."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    # 0..16 grey levels -> 0..255
-    images = torch.from_numpy((bunch.images * (255.0 / 16.0)).round()).to(torch.uint8).unsqueeze(1)
-    labels = torch.from_numpy(bunch.target).long()
-    scaled = images.float() / 255.0
-    return Dataset(
-        train=ImageSet(images, labels),
-        test=None,
-        num_classes=10,
-        mean=(round(scaled.mean().item(), 4),),
-        std=(round(scaled.std().item(), 4),),
-    )
-
-
-@DATASETS.register("digits32")
-def digits32(root: str, image_size: int = 32) -> Dataset:
-    """digits upsampled to 32x32 RGB (bilinear, grey in 3 channels): CIFAR geometry, offline."""
-    small = digits(root)
-    up = F.interpolate(small.train.images.float(), size=(32, 32), mode="bilinear", align_corners=False)
-    images = up.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
-    scaled = images[:, :1].float() / 255.0
-    mean, std = round(scaled.mean().item(), 4), round(scaled.std().item(), 4)
-    return Dataset(ImageSet(images, small.train.labels), None, 10, (mean,) * 3, (std,) * 3)
 
 
 def random_crop(images: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
@@ -155,5 +116,3 @@ class DeviceData:
                 x = random_flip(x, gen)
             yield self.normalise(x), self.labels[idx]
 
-
-from . import datasets  # noqa: E402,F401  (registers the downloadable data sets)

@@ -1,4 +1,7 @@
-"""Downloadable data sets, read into uint8 tensors once (torchvision formats, read without unpickling code).
+"""The data set registry and every loader: bundled digits, and downloadable sets read into uint8 tensors once.
+
+Adding a data set touches this file only: a function `(root, image_size) -> Dataset`
+registered with `@DATASETS.register("name")`.
 
 Real users get each data set downloaded to `data.root` on first use (with the
 publisher's checksum). The readers take the files in their published on-disk
@@ -20,10 +23,55 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import DATASETS, Dataset, ImageSet
+from .data import Dataset, ImageSet
 from .errors import RnpError
+from .registry import Registry
 
-__all__ = ["FASHION_MNIST_DIRS", "channel_stats", "find_idx", "from_numpy_hwc", "pad_to", "read_cifar_batch", "read_idx", "resize"]
+__all__ = [
+    "DATASETS", "load_dataset", "list_datasets",
+    "FASHION_MNIST_DIRS", "channel_stats", "find_idx", "from_numpy_hwc", "pad_to", "read_cifar_batch", "read_idx", "resize",
+]
+
+DATASETS: Registry = Registry("data set", "data.dataset")
+
+
+def load_dataset(name: str, root: str = "data/raw", image_size: int = 32) -> Dataset:
+    return DATASETS.get(name)(root, image_size)
+
+
+def list_datasets() -> list[str]:
+    return DATASETS.names()
+
+
+@DATASETS.register("digits")
+def digits(root: str, image_size: int = 8) -> Dataset:
+    """scikit-learn's bundled handwritten digits: 1,797 real 8x8 grey images, 10 classes, offline."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    # 0..16 grey levels -> 0..255
+    images = torch.from_numpy((bunch.images * (255.0 / 16.0)).round()).to(torch.uint8).unsqueeze(1)
+    labels = torch.from_numpy(bunch.target).long()
+    scaled = images.float() / 255.0
+    return Dataset(
+        train=ImageSet(images, labels),
+        test=None,
+        num_classes=10,
+        mean=(round(scaled.mean().item(), 4),),
+        std=(round(scaled.std().item(), 4),),
+    )
+
+
+@DATASETS.register("digits32")
+def digits32(root: str, image_size: int = 32) -> Dataset:
+    """digits upsampled to 32x32 RGB (bilinear, grey in 3 channels): CIFAR geometry, offline."""
+    small = digits(root)
+    up = F.interpolate(small.train.images.float(), size=(32, 32), mode="bilinear", align_corners=False)
+    images = up.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    scaled = images[:, :1].float() / 255.0
+    mean, std = round(scaled.mean().item(), 4), round(scaled.std().item(), 4)
+    return Dataset(ImageSet(images, small.train.labels), None, 10, (mean,) * 3, (std,) * 3)
+
 
 CIFAR = {
     "cifar10": ("cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a",

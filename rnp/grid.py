@@ -12,9 +12,7 @@ per level of the directory tree, so that upstream outputs are shared:
 from __future__ import annotations
 
 import csv
-import io
 import itertools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +21,10 @@ import yaml
 
 from .config import config_from_dict, with_overrides
 from .errors import RnpError
+from .io import read_json
+from .stages import STAGES
 
 __all__ = ["Cell", "cells", "check_grid", "level_params", "arch_slug", "summary_rows", "summary_markdown", "summary_png"]
-
-STAGE_TIMES = ("poison", "train", "unlearn", "recover", "prune")
 
 
 def arch_slug(arch: str) -> str:
@@ -63,7 +61,7 @@ def cells(config: dict) -> list[Cell]:
 def check_grid(config: dict) -> list[Cell]:
     """Everything a job would trip over, before any job runs: names, duplicates, every cell's params."""
     from .attacks import ATTACKS
-    from .data import DATASETS
+    from .datasets import DATASETS
     from .models import MODELS, TORCHVISION
 
     for key, registry in (("datasets", DATASETS), ("attacks", ATTACKS)):
@@ -100,10 +98,6 @@ def level_params(base: dict, config: dict, cell: Cell, level: str) -> dict:
     return with_overrides(base, overrides)
 
 
-def _read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
-
-
 def _seconds(benchmark_tsv: Path) -> float:
     with open(benchmark_tsv) as f:
         return round(float(next(csv.DictReader(f, delimiter="\t"))["s"]), 2)
@@ -113,8 +107,8 @@ def summary_rows(results: Path, grid: list[Cell], benchmarks: Path) -> list[dict
     """One row per cell: CA/ASR/RA before and after, thresholds, DER, stage seconds."""
     rows = []
     for c in grid:
-        p = _read_json(results / c.defense_dir / "prune" / "metrics.json")
-        u = _read_json(results / c.defense_dir / "unlearn" / "metrics.json")
+        p = read_json(results / c.defense_dir / "prune" / "metrics.json")
+        u = read_json(results / c.defense_dir / "unlearn" / "metrics.json")
         row = {
             "dataset": c.dataset, "attack": c.attack, "arch": c.arch, "seed": c.seed, "defense": c.defense,
             "ca_before": p["ca_before"], "asr_before": p["asr_before"], "ra_before": p["ra_before"],
@@ -124,18 +118,10 @@ def summary_rows(results: Path, grid: list[Cell], benchmarks: Path) -> list[dict
             "unlearn_epochs": u["epochs"],
         }
         dirs = {"poison": c.poison_dir, "train": c.train_dir}
-        for stage in STAGE_TIMES:
+        for stage in STAGES:
             row[f"{stage}_s"] = _seconds(benchmarks / dirs.get(stage, c.defense_dir) / f"{stage}.tsv")
         rows.append(row)
     return rows
-
-
-def summary_csv(rows: list[dict]) -> bytes:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue().encode()
 
 
 def _threshold(t: float | None) -> str:

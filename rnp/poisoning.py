@@ -11,7 +11,7 @@ from .config import AttackParams, DataParams
 from .data import Dataset, ImageSet
 from .errors import RnpError
 
-__all__ = ["PoisonedData", "poison", "split_test", "eligible_for_poison"]
+__all__ = ["PoisonedData", "poison", "eligible_for_poison"]
 
 
 @dataclass(frozen=True)
@@ -27,12 +27,6 @@ class PoisonedData:
     holdout: ImageSet  # clean, disjoint from defense: used only to choose the pruning threshold
 
 
-def split_test(train: ImageSet, test_fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
-    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
-    n_test = int(round(len(train) * test_fraction))
-    return train.subset(perm[n_test:].sort().values), train.subset(perm[:n_test].sort().values)
-
-
 def poison(ds: Dataset, data: DataParams, attack: AttackParams, seed: int, clean: bool = False) -> PoisonedData:
     """Poison `attack.rate` of the training set and draw the clean defense data.
 
@@ -46,7 +40,7 @@ def poison(ds: Dataset, data: DataParams, attack: AttackParams, seed: int, clean
     if attack.target >= ds.num_classes:
         raise RnpError(f"attack.target {attack.target} must be < the {ds.num_classes} classes of {data.dataset}")
     build = get_attack(attack.name, attack.mode)
-    train, test = (ds.train, ds.test) if ds.test is not None else split_test(ds.train, data.test_fraction, seed)
+    train, test = (ds.train, ds.test) if ds.test is not None else ds.train.split(data.test_fraction, seed)
     trigger = build(AttackContext(attack, train, ds.num_classes, ds.mean, ds.std, seed))
     gen = torch.Generator().manual_seed(seed)
 

@@ -33,6 +33,10 @@ class Registry(Generic[T]):
             raise RnpError(f"unknown {self.kind} {name!r} in {self.key} (valid: {', '.join(self.names())})")
         return self._entries[name]
 
+    def items(self) -> list[tuple[str, T]]:
+        """(name, entry) in registration order."""
+        return list(self._entries.items())
+
     def names(self) -> list[str]:
         return sorted(self._entries)
 

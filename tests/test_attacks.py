@@ -7,7 +7,7 @@ import torch
 
 from rnp.attacks import AttackContext, get_attack, list_attacks
 from rnp.attacks.lc import pgd_away
-from rnp.data import load_dataset
+from rnp.datasets import load_dataset
 from rnp.errors import RnpError
 from rnp.poisoning import poison
 

@@ -129,7 +129,7 @@ def test_console_script_exit_code(tmp_path, bin_path):
 
 def test_list_names_every_registry_entry(capsys):
     from rnp.attacks import list_attacks
-    from rnp.data import list_datasets
+    from rnp.datasets import list_datasets
     from rnp.models import list_models
 
     assert main(["list"]) == 0

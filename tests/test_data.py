@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from rnp.data import DeviceData, ImageSet, list_datasets, load_dataset, random_crop, random_flip
+from rnp.data import DeviceData, ImageSet, random_crop, random_flip
+from rnp.datasets import list_datasets, load_dataset
 
 OFFLINE = ["digits", "digits32"]
 FORMAT_TESTED = ["mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "gtsrb", "folder"]  # tests/test_datasets.py, tests/test_fashion_mnist.py

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rnp.data import load_dataset
+from rnp.datasets import load_dataset
 from rnp.errors import RnpError
 from rnp.poisoning import poison
 
@@ -154,6 +154,6 @@ def test_missing_files_and_no_network_is_one_clear_error(tmp_path, monkeypatch):
 def test_poison_stage_runs_on_a_cifar_shaped_data_set(tmp_path):
     _write_cifar(tmp_path / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], b"labels", 60, 10)
     cfg = make_config(**{"data.dataset": "cifar10", "data.root": str(tmp_path), "data.defense_size": 20, "attack.badnets.size": 3})
-    pd = poison(load_dataset("cifar10", str(tmp_path)), cfg.data, cfg.attack, 0)
-    assert pd.train.images.shape[1:] == (3, 32, 32) and len(pd.test_clean) == 60
-    assert torch.all(pd.train.labels[pd.poisoned] == 0)
+    data = poison(load_dataset("cifar10", str(tmp_path)), cfg.data, cfg.attack, 0)
+    assert data.train.images.shape[1:] == (3, 32, 32) and len(data.test_clean) == 60
+    assert torch.all(data.train.labels[data.poisoned] == 0)

@@ -9,11 +9,11 @@ import torch
 import rnp
 from rnp.cli import main
 from rnp.config import Config
-from rnp.data import load_dataset
+from rnp.datasets import load_dataset
+from rnp.defense import defend
 from rnp.errors import RnpError
 from rnp.metrics import attack_metrics
 from rnp.models import ModelSpec, create_model, load_model, model_bytes
-from rnp.purify import defend
 from rnp.stages._common import load_imageset
 from rnp.training import run_epoch, seeded_generator
 
@@ -37,7 +37,7 @@ def test_api_purifies_the_backdoored_model_and_names_its_target(default_run):
     assert report["pruned"] > 0 and report["holdout_acc_after"] >= anchor - cfg.prune.max_clean_drop - 1e-9
     assert report["holdout_acc_after"] >= report["holdout_acc_before"] - cfg.prune.max_first_drop - cfg.prune.max_clean_drop - 1e-9
     trig, _, extra = load_imageset(root / "poison/test_poison.safetensors", "targets")
-    asr = attack_metrics(purified, info.on(trig, torch.device("cpu")), extra["targets"])["asr"]
+    asr = attack_metrics(purified, info.to_device(trig, torch.device("cpu")), extra["targets"])["asr"]
     assert asr < 0.9  # weakened; how far depends on the clean split (docs/autothreshold.md)
     assert any(torch.equal(a, b) is False for a, b in zip(model.state_dict().values(), purified.state_dict().values()))
 

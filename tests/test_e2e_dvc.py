@@ -7,6 +7,8 @@ import subprocess
 import pytest
 import yaml
 
+from rnp.stages import STAGES
+
 from .conftest import copy_project
 
 pytestmark = pytest.mark.e2e
@@ -37,7 +39,7 @@ def test_dvc_repro_reruns_only_what_changed(project):
     repo, env = project
     # 1) the whole pipeline
     out = sh(["dvc", "repro"], repo, env)
-    for stage in ("poison", "train", "unlearn", "recover", "prune"):
+    for stage in STAGES:
         assert f"Running stage '{stage}'" in out
     metrics = json.loads((repo / "data/prune/metrics.json").read_text())
     assert metrics["asr"] <= 0.05 and metrics["ca"] >= metrics["ca_before"] - 0.03
@@ -135,7 +137,7 @@ def test_dvc_repro_killed_mid_stage_leaves_no_half_state_and_completes_identical
     start = time.perf_counter()
     sh(["dvc", "repro"], repo, env)
     full = time.perf_counter() - start
-    stages = ("poison", "train", "unlearn", "recover", "prune")
+    stages = tuple(STAGES)
     reference = {s: json.loads((repo / "data" / s / "metrics.json").read_text()) for s in stages}
     for share in (0.2, 0.45, 0.7, 0.9):
         proc = subprocess.Popen(["dvc", "repro", "--force"], cwd=repo, env=env, start_new_session=True,

@@ -17,7 +17,7 @@ import yaml
 import rnp.datasets as datasets
 from rnp.cli import main
 from rnp.config import config_from_dict, with_overrides
-from rnp.data import load_dataset
+from rnp.datasets import load_dataset
 from rnp.errors import RnpError
 from rnp.poisoning import poison
 from rnp.presets import PRESETS, dvc_flags
@@ -136,14 +136,14 @@ def test_paper_ratios_on_real_images_one_percent_clean_data_disjoint_from_traini
     is not in the training set, no defense image is poisoned, and 10 % of the training set is."""
     cfg = make_config(**{"data.dataset": "fashion_mnist", "data.defense_size": 0.01, "attack.rate": 0.1})
     ds = load_dataset("fashion_mnist", cfg.data.root)
-    pd = poison(ds, cfg.data, cfg.attack, 0)
-    assert len(pd.defense) + len(pd.holdout) == 600
-    assert len(pd.train) == 60000 - len(pd.holdout)
-    assert abs(pd.poisoned.sum().item() - 6000) <= 1
-    train_rows = {bytes(x) for x in pd.train.images.flatten(1).numpy()}
-    assert not any(bytes(x) in train_rows for x in pd.holdout.images.flatten(1).numpy())  # held out = never trained on
+    data = poison(ds, cfg.data, cfg.attack, 0)
+    assert len(data.defense) + len(data.holdout) == 600
+    assert len(data.train) == 60000 - len(data.holdout)
+    assert abs(data.poisoned.sum().item() - 6000) <= 1
+    train_rows = {bytes(x) for x in data.train.images.flatten(1).numpy()}
+    assert not any(bytes(x) in train_rows for x in data.holdout.images.flatten(1).numpy())  # held out = never trained on
     clean_rows = {bytes(x) for x in ds.train.images.flatten(1).numpy()}
-    assert all(bytes(x) in clean_rows for x in pd.defense.images.flatten(1).numpy())  # untouched by the attack
+    assert all(bytes(x) in clean_rows for x in data.defense.images.flatten(1).numpy())  # untouched by the attack
 
 
 def test_the_preset_is_valid_params_and_reaches_dvc_as_flags():

@@ -13,10 +13,9 @@ from pydantic import BaseModel
 
 from rnp.cli import main
 from rnp.config import Config, config_from_dict
+from rnp.stages import STAGES
 
 from .conftest import default_params
-
-STAGES = ["poison", "train", "unlearn", "recover", "prune"]
 
 
 def leaf_keys(cls=Config, prefix=""):
@@ -81,7 +80,7 @@ def bad_params(draw):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(case=bad_params(), stage=st.sampled_from(STAGES))
+@given(case=bad_params(), stage=st.sampled_from(list(STAGES)))
 def test_every_bad_param_is_exit_2_and_names_its_key(tmp_path_factory, capsys, case, stage):
     raw, key = case
     tmp = tmp_path_factory.mktemp("p")

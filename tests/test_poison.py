@@ -1,8 +1,8 @@
 import torch
 
 from rnp.attacks import AttackContext, attack_targets, get_attack
-from rnp.data import load_dataset
-from rnp.poisoning import poison, split_test
+from rnp.datasets import load_dataset
+from rnp.poisoning import poison
 from rnp.stages._common import load_imageset
 
 from .conftest import make_config
@@ -10,7 +10,7 @@ from .conftest import make_config
 
 def _clean_train(cfg):
     ds = load_dataset(cfg.data.dataset)
-    return split_test(ds.train, cfg.data.test_fraction, cfg.seed)[0]
+    return ds.train.split(cfg.data.test_fraction, cfg.seed)[0]
 
 
 def test_badnets_changes_only_the_trigger_region():

@@ -25,6 +25,6 @@ def test_unlearn_leaves_the_input_model_untouched(default_run):
     model, spec, _ = load_model(root / "train/model.safetensors")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     defense, info, _ = load_imageset(root / "poison/defense.safetensors")
-    unlearned, _ = unlearn(model, info.on(defense, torch.device("cpu")), cfg.unlearn, cfg.augment, seeded_generator(0))
+    unlearned, _ = unlearn(model, info.to_device(defense, torch.device("cpu")), cfg.unlearn, cfg.augment, seeded_generator(0))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert any(not torch.equal(before[k], v) for k, v in unlearned.state_dict().items())

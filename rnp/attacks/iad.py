@@ -3,9 +3,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import AttackContext, Trigger, attack_targets, register_attack
+from ..sections import Count, NonNegative, OpenUnit, Positive, Section
+from .base import AttackContext, Trigger, attack_targets, register_attack
 
-__all__ = ["iad", "TriggerNet"]
+__all__ = ["IadParams", "iad", "TriggerNet"]
 
 MASK_NORM_WEIGHT = 100.0  # Nguyen & Tran 2020: lambda_norm
 
@@ -25,7 +26,15 @@ class TriggerNet(nn.Module):
         return (torch.tanh(self.net(x)) + 1) / 2
 
 
-@register_attack("iad")
+class IadParams(Section):
+    epochs: Count = 10  # joint training of trigger generator and surrogate classifier
+    cross_ratio: NonNegative = 1.0  # cross-trigger images (another image's trigger, true label) per poisoned image
+    diversity: NonNegative = 1.0  # weight of the diversity loss (Nguyen & Tran 2020: 1)
+    mask_density: OpenUnit = 0.032  # target share of pixels the trigger mask covers
+    lr: Positive = 0.01  # Adam, generators
+
+
+@register_attack("iad", IadParams)
 def iad(ctx: AttackContext) -> Trigger:
     """Input-aware dynamic (Nguyen & Tran 2020): a trained generator gives every image its own trigger; cross-trigger images keep their label."""
     from ..models import ModelSpec, create_model

@@ -1,10 +1,15 @@
-"""RNP, as three pure functions on modules and tensors.
+"""Defenses. RNP, as three pure functions on modules and tensors, and as one call:
 
 unlearn  -> maximise the loss on clean defense data until accuracy collapses
 recover  -> learn a [0, 1] mask per BatchNorm channel on the unlearned model
 prune    -> zero the BN weights of low-mask channels in the original model
+defend   -> all three on a user's model, with detection (rnp_defense.py, registered as "rnp")
+
+A second defense goes in its own module here, registered in DEFENSES (see base.py).
 """
 
+from . import rnp_defense  # noqa: F401  (registers "rnp")
+from .base import DEFENSES, register_defense
 from .prune import (
     PruneDecision,
     apply_pruning,
@@ -18,9 +23,14 @@ from .prune import (
     sweep_points,
 )
 from .recover import MASK_ON, attach_masks, bn_layers, mask_layers, recover, resolve_mask_on
+from .rnp_defense import defend, detect_target
 from .unlearn import unlearn
 
 __all__ = [
+    "DEFENSES",
+    "register_defense",
+    "defend",
+    "detect_target",
     "unlearn",
     "recover",
     "attach_masks",

@@ -1,7 +1,7 @@
 import torch.nn.functional as F
 from torch import nn
 
-from . import MODELS
+from .base import MODELS
 
 __all__ = ["ResNet", "resnet18"]
 

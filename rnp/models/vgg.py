@@ -1,6 +1,6 @@
 from torch import nn
 
-from . import MODELS
+from .base import MODELS
 
 __all__ = ["vgg16_bn"]
 

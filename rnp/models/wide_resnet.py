@@ -1,7 +1,7 @@
 import torch.nn.functional as F
 from torch import nn
 
-from . import MODELS
+from .base import MODELS
 from .resnet import PreActBlock  # a WRN block is a pre-activation block (dropout 0)
 
 __all__ = ["wrn16_1"]

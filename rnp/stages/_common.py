@@ -31,7 +31,8 @@ class DataInfo:
     def model_spec(self, arch: str) -> ModelSpec:
         return ModelSpec(arch, self.num_classes, self.input_shape, self.mean, self.std)
 
-    def on(self, data: ImageSet, device: torch.device | Compute) -> DeviceData:
+    def to_device(self, data: ImageSet, device: torch.device | Compute) -> DeviceData:
+        """The images on `device`, normalised with this data set's statistics as they are batched."""
         return DeviceData(data, self.mean, self.std, device)
 
 

@@ -10,15 +10,14 @@ from pathlib import Path
 import torch
 
 from ..config import Config
-from ..data import DeviceData, load_dataset
-from ..defense import MASK_ON, mask_layers
+from ..data import DeviceData
+from ..datasets import load_dataset
+from ..defense import MASK_ON, defend, mask_layers
 from ..errors import RnpError
 from ..io import StageWriter, csv_bytes, json_bytes, tensors_bytes
 from ..metrics import accuracy
 from ..models import ModelSpec, model_bytes
 from ..plots import curve_png
-from ..poisoning import split_test
-from ..purify import defend
 from ..untrusted import load_untrusted
 from ._common import resolve_compute, say, seed_everything
 
@@ -38,7 +37,7 @@ def clean_data(spec: str, cfg: Config, defense_size: int, image_size: int):
     if "/" in spec or spec.startswith("."):
         raise RnpError(f"--data {spec}: no such folder")
     ds = load_dataset(spec, cfg.data.root, image_size)
-    train, test = (ds.train, ds.test) if ds.test is not None else split_test(ds.train, cfg.data.test_fraction, cfg.seed)
+    train, test = (ds.train, ds.test) if ds.test is not None else ds.train.split(cfg.data.test_fraction, cfg.seed)
     if defense_size > len(train):
         raise RnpError(f"--defense-size {defense_size} is larger than the {len(train)} training images of {spec}")
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.data.defense_seed))[:defense_size]

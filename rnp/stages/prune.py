@@ -43,7 +43,7 @@ def run(cfg: Config, poison_dir: Path, train_dir: Path, recover_dir: Path, out: 
     masks, layers = load_masks(recover_dir / "masks.safetensors", model)
     compute = resolve_compute(cfg.device, cfg.precision)
     compute.place(model).eval()
-    holdout, test, triggered = info.on(holdout_set, compute), info.on(test_set, compute), info.on(trig_set, compute)
+    holdout, test, triggered = info.to_device(holdout_set, compute), info.to_device(test_set, compute), info.to_device(trig_set, compute)
     targets = extra["targets"]
 
     def measure() -> dict:

@@ -27,7 +27,7 @@ def run(cfg: Config, poison_dir: Path, unlearn_dir: Path, out: Path) -> dict:
     compute = resolve_compute(cfg.device, cfg.precision)
     seed_everything(cfg.seed)
     compute.place(unlearned)
-    defense = info.on(defense_set, compute)
+    defense = info.to_device(defense_set, compute)
 
     history = []
     bar = progress(None, "recover", total=cfg.recover.epochs)

@@ -23,7 +23,7 @@ def run(cfg: Config, poison_dir: Path, out: Path) -> dict:
     seed_everything(cfg.seed)
     spec = info.model_spec(cfg.model.arch)
     model = compute.place(create_model(spec))
-    train, test, triggered = info.on(train_set, compute), info.on(test_set, compute), info.on(trig_set, compute)
+    train, test, triggered = info.to_device(train_set, compute), info.to_device(test_set, compute), info.to_device(trig_set, compute)
 
     p = cfg.train
     history, start = [], time.perf_counter()

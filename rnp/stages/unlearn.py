@@ -24,7 +24,7 @@ def run(cfg: Config, poison_dir: Path, train_dir: Path, out: Path) -> dict:
     compute = resolve_compute(cfg.device, cfg.precision)
     seed_everything(cfg.seed)
     compute.place(model)
-    defense, test, triggered = info.on(defense_set, compute), info.on(test_set, compute), info.on(trig_set, compute)
+    defense, test, triggered = info.to_device(defense_set, compute), info.to_device(test_set, compute), info.to_device(trig_set, compute)
 
     history = []
     bar = progress(None, "unlearn", total=cfg.unlearn.max_epochs)

@@ -1,4 +1,4 @@
-"""`rnp.defend` (defined here): purify a model someone else trained, with a little clean data.
+"""The RNP defense as one call, `rnp.defend`: purify a model someone else trained, with a little clean data.
 
     purified, report = rnp.defend(model, images, labels, mean=..., std=...)
 
@@ -17,13 +17,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .compute import Compute
-from .config import Config
-from .data import DeviceData, ImageSet
-from .defense import decide_pruning, mask_layers, recover, resolve_mask_on, unlearn
-from .errors import RnpError
-from .metrics import accuracy
-from .training import seeded_generator
+from ..compute import Compute
+from ..config import Config
+from ..data import DeviceData, ImageSet
+from ..errors import RnpError
+from ..metrics import accuracy
+from ..training import seeded_generator
+from .base import register_defense
+from .prune import decide_pruning
+from .recover import mask_layers, recover, resolve_mask_on
+from .unlearn import unlearn
 
 __all__ = ["defend", "detect_target", "DETECTION_THRESHOLD"]
 
@@ -77,12 +80,7 @@ def check_clean_data(labels: torch.Tensor, num_classes: int) -> None:
         raise RnpError(f"clean labels must be in [0, {num_classes})")
 
 
-def split_holdout(data: ImageSet, share: float, seed: int) -> tuple[ImageSet, ImageSet]:
-    perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
-    n = int(round(len(data) * share))
-    return data.subset(perm[n:].sort().values), data.subset(perm[:n].sort().values)
-
-
+@register_defense("rnp")
 def defend(
     model: nn.Module,
     images: torch.Tensor,
@@ -103,7 +101,7 @@ def defend(
     check_clean_data(labels, num_classes)
     compute = device if isinstance(device, Compute) else Compute(torch.device(device))
     data = ImageSet(images, labels.long())
-    fit_set, holdout_set = split_holdout(data, cfg.data.defense_holdout, cfg.data.defense_seed)
+    fit_set, holdout_set = data.split(cfg.data.defense_holdout, cfg.data.defense_seed)
     if len(holdout_set) < MIN_HOLDOUT and cfg.data.defense_holdout > 0:
         need = math.ceil(MIN_HOLDOUT / cfg.data.defense_holdout)
         raise RnpError(f"{len(labels)} clean images leave {len(holdout_set)} held out (data.defense_holdout {cfg.data.defense_holdout:g}); "
