@@ -28,7 +28,7 @@ class Compute:
 
     @property
     def eval_batch_size(self) -> int:
-        # GPUs want big batches; on a CPU a 128-image batch stays in cache (1.3x fp32, 1.6x bf16 over 1024)
+        # GPUs want big batches; on a CPU a 128-image batch stays in cache (faster than 1024: docs/speed.md)
         return 1024 if self.device.type == "cuda" else 128
 
     def autocast(self) -> torch.autocast:

@@ -12,15 +12,15 @@ __all__ = ["PRESETS", "get_preset"]
 PRESETS: dict[str, dict[str, object]] = {
     # The RNP paper's ratios on real images, offline: 60,000 training images, 10 % poisoned, 1 % clean
     # defense data (600 images: 396 for unlearn/recover, 204 held out for the threshold), 28x28 padded to 32x32,
-    # the reference's unlearn/recover rates and batches (DESIGN.md section 1).
+    # the reference's unlearn/recover rates and batches (docs/faithfulness.md).
     "fashion_mnist": {
         "data.dataset": "fashion_mnist",
         "data.defense_size": 0.01,
         "attack.rate": 0.1,
         "attack.badnets.size": 3,  # the paper's 3x3 patch
-        "attack.surrogate_epochs": 2,  # trojan, lc, iad: 60,000 images; a surrogate is ~88 % accurate after 2 epochs
+        "attack.surrogate_epochs": 2,  # trojan, lc, iad: on 60,000 images two epochs already give a usable surrogate
         "attack.iad.epochs": 2,
-        "model.arch": "wrn16_1",  # the paper's ResNet-18 takes ~5 min an epoch on 2 CPU cores (bf16); WRN-16-1 ~25 s
+        "model.arch": "wrn16_1",  # a residual network a CPU trains in minutes; the paper's ResNet-18 is a GPU run (docs/quality.md)
         "train.epochs": 6,
         "train.batch_size": 128,
         "unlearn.lr": 0.01,  # reference

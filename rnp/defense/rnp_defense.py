@@ -32,9 +32,8 @@ __all__ = ["defend", "detect_target", "DETECTION_THRESHOLD"]
 
 # A model is called backdoored when unlearning collapses it (running clean accuracy <= COLLAPSED)
 # and the collapsed model sends at least DETECTION_THRESHOLD of other classes' clean images to one
-# class (2.5x the 0.1 of a uniform 10-class model). On digits, clean models resist unlearning
-# (0.56-0.99 after 20 epochs) and spread their errors; backdoored ones collapse onto the target
-# (docs/defend.md, "Target-label detection").
+# class (2.5x the 0.1 of a uniform 10-class model): clean models resist unlearning and spread
+# their errors, backdoored ones collapse onto the target (measured in docs/defend.md, "Target-label detection").
 DETECTION_THRESHOLD = 0.25
 COLLAPSED = 0.3
 MIN_HOLDOUT = 10  # held-out images below which one image is more than a 10-point accuracy step
