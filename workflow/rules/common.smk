@@ -17,6 +17,7 @@ BENCH_TRAIN = f"{BENCH_POISON}/{{arch}}"
 BENCH_DEFENSE = f"{BENCH_TRAIN}/{{defense}}"
 DATA_FILES = ["train.safetensors", "test_clean.safetensors", "test_poison.safetensors", "defense.safetensors", "holdout.safetensors"]
 ENV = "../envs/rnp.yaml"  # --sdm conda; the Kubernetes profile's image is built from envs/Dockerfile
+SRC = str(Path(workflow.basedir).parent)  # this checkout: jobs import rnp from it (the conda env holds its dependencies)
 
 
 def get_cell(w) -> Cell:

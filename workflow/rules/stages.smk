@@ -1,5 +1,5 @@
 # The five DVC stages, one rule each, calling the same CLI.
-# Each first writes its params text where its outputs go, then runs `rnp <stage>` on it.
+# Each first writes its params text where its outputs go, then runs `rnp <stage>` (python -m rnp.cli) on it.
 
 
 rule poison:
@@ -9,6 +9,7 @@ rule poison:
         trigger=f"{POISON}/poison/trigger.png",
         metrics=f"{POISON}/poison/metrics.json",
     params:
+        src=SRC,
         text=get_params_text("poison"),
     benchmark:
         f"{BENCH_POISON}/poison.tsv"
@@ -19,7 +20,7 @@ rule poison:
     conda:
         ENV
     shell:
-        "printf '%s\\n' {params.text:q} > {output.params} && rnp poison --params {output.params} --out $(dirname {output.metrics}) > {log} 2>&1"
+        "printf '%s\\n' {params.text:q} > {output.params} && PYTHONPATH={params.src:q}${{PYTHONPATH:+:$PYTHONPATH}} python -m rnp.cli poison --params {output.params} --out $(dirname {output.metrics}) > {log} 2>&1"
 
 
 rule train:
@@ -31,6 +32,7 @@ rule train:
         history=f"{TRAIN}/train/history.csv",
         metrics=f"{TRAIN}/train/metrics.json",
     params:
+        src=SRC,
         text=get_params_text("train"),
     benchmark:
         f"{BENCH_TRAIN}/train.tsv"
@@ -41,7 +43,7 @@ rule train:
     conda:
         ENV
     shell:
-        "printf '%s\\n' {params.text:q} > {output.params} && rnp train --params {output.params} --poison $(dirname {input.data[0]}) --out $(dirname {output.metrics}) > {log} 2>&1"
+        "printf '%s\\n' {params.text:q} > {output.params} && PYTHONPATH={params.src:q}${{PYTHONPATH:+:$PYTHONPATH}} python -m rnp.cli train --params {output.params} --poison $(dirname {input.data[0]}) --out $(dirname {output.metrics}) > {log} 2>&1"
 
 
 rule unlearn:
@@ -53,6 +55,7 @@ rule unlearn:
         model=f"{DEFENSE}/unlearn/model.safetensors",
         metrics=f"{DEFENSE}/unlearn/metrics.json",
     params:
+        src=SRC,
         text=get_params_text("defense"),
     benchmark:
         f"{BENCH_DEFENSE}/unlearn.tsv"
@@ -63,7 +66,7 @@ rule unlearn:
     conda:
         ENV
     shell:
-        "printf '%s\\n' {params.text:q} > {output.params} && rnp unlearn --params {output.params} --poison $(dirname {input.data[0]}) --train $(dirname {input.model}) "
+        "printf '%s\\n' {params.text:q} > {output.params} && PYTHONPATH={params.src:q}${{PYTHONPATH:+:$PYTHONPATH}} python -m rnp.cli unlearn --params {output.params} --poison $(dirname {input.data[0]}) --train $(dirname {input.model}) "
         "--out $(dirname {output.metrics}) > {log} 2>&1"
 
 
@@ -76,6 +79,7 @@ rule recover:
         masks=f"{DEFENSE}/recover/masks.safetensors",
         metrics=f"{DEFENSE}/recover/metrics.json",
     params:
+        src=SRC,
         text=get_params_text("defense"),
     benchmark:
         f"{BENCH_DEFENSE}/recover.tsv"
@@ -86,7 +90,7 @@ rule recover:
     conda:
         ENV
     shell:
-        "printf '%s\\n' {params.text:q} > {output.params} && rnp recover --params {output.params} --poison $(dirname {input.data[0]}) --unlearn $(dirname {input.model}) "
+        "printf '%s\\n' {params.text:q} > {output.params} && PYTHONPATH={params.src:q}${{PYTHONPATH:+:$PYTHONPATH}} python -m rnp.cli recover --params {output.params} --poison $(dirname {input.data[0]}) --unlearn $(dirname {input.model}) "
         "--out $(dirname {output.metrics}) > {log} 2>&1"
 
 
@@ -107,6 +111,7 @@ rule prune:
         ),
         metrics=f"{DEFENSE}/prune/metrics.json",
     params:
+        src=SRC,
         text=get_params_text("defense"),
     benchmark:
         f"{BENCH_DEFENSE}/prune.tsv"
@@ -117,5 +122,5 @@ rule prune:
     conda:
         ENV
     shell:
-        "printf '%s\\n' {params.text:q} > {output.params} && rnp prune --params {output.params} --poison $(dirname {input.data[0]}) --train $(dirname {input.model}) "
+        "printf '%s\\n' {params.text:q} > {output.params} && PYTHONPATH={params.src:q}${{PYTHONPATH:+:$PYTHONPATH}} python -m rnp.cli prune --params {output.params} --poison $(dirname {input.data[0]}) --train $(dirname {input.model}) "
         "--recover $(dirname {input.masks}) --out $(dirname {output.metrics}) > {log} 2>&1"
