@@ -35,6 +35,8 @@ def test_api_purifies_the_backdoored_model_and_names_its_target(default_run):
     assert report["backdoor_suspected"] and report["suspected_target"] == cfg.attack.target
     anchor = min(report["holdout_acc_before"], report["curve"][0]["holdout_acc"])  # the budget counts from t = 0
     assert report["pruned"] > 0 and report["holdout_acc_after"] >= anchor - cfg.prune.max_clean_drop - 1e-9
+    assert report["clean_acc"] > 0.9 and report["holdout_resolution"] == 1 / report["clean_images"]["holdout"]
+    assert report["warnings"] == []  # 102 held-out images resolve the 1-point budget
     assert report["holdout_acc_after"] >= report["holdout_acc_before"] - cfg.prune.max_first_drop - cfg.prune.max_clean_drop - 1e-9
     trig, _, extra = load_imageset(root / "poison/test_poison.safetensors", "targets")
     asr = attack_metrics(purified, info.to_device(trig, torch.device("cpu")), extra["targets"])["asr"]
@@ -250,3 +252,53 @@ def test_too_few_clean_images_for_a_held_out_split_name_the_number_needed(tmp_pa
     model = create_model(ModelSpec("small_cnn", 2, (1, 8, 8), (0.5,), (0.2,)))
     with pytest.raises(RnpError, match=r"20 clean images leave 7 held out \(data.defense_holdout 0.34\); .* at least 10: give at least 30 clean"):
         defend(model, images, torch.arange(20) % 2, (0.5,), (0.2,), 2, Config())
+
+
+def test_a_model_near_chance_on_the_clean_images_is_refused_not_called_backdoored(tmp_path, capsys):
+    """An untrained model scores ~10 % under every common normalisation: one line naming the causes, exit 2, nothing written."""
+    spec = ModelSpec("small_cnn", 10, (1, 8, 8), (0.5,), (0.25,))
+    path = tmp_path / "untrained.safetensors"
+    torch.manual_seed(0)
+    path.write_bytes(model_bytes(create_model(spec), spec, {}))
+    out = tmp_path / "out.safetensors"
+    assert main(["defend", "--model", str(path), "--arch", "small_cnn", "--data", "digits", "--image-size", "8", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not the model as it was trained" in err and "class order" in err
+    assert "accuracy with the data's own" in err and "none (0..1)" in err  # what was tried
+    assert not out.exists()
+    with pytest.raises(RnpError, match=r"the model scores \d+% on the 300 clean images .*mean 0.5, std 0.25"):
+        images, labels = load_dataset("digits").train.images[:300], load_dataset("digits").train.labels[:300]
+        defend(create_model(spec), images, labels, (0.5,), (0.25,), 10, Config())
+
+
+def _brightness_model() -> torch.nn.Module:
+    """Class 1 when the normalised mean pixel is above 0, else class 0: right only if the normalisation centres on 0.5."""
+    lin = torch.nn.Linear(4, 2)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[0.0] * 4, [1.0] * 4]))
+        lin.bias.zero_()
+    return torch.nn.Sequential(torch.nn.Flatten(), lin)
+
+
+def test_without_mean_std_the_normalisation_the_model_is_accurate_under_is_found(capsys):
+    from rnp.data import ImageSet
+    from rnp.stages.defend import choose_normalisation
+
+    dark, bright = torch.full((5, 1, 2, 2), 50, dtype=torch.uint8), torch.full((15, 1, 2, 2), 200, dtype=torch.uint8)
+    clean = ImageSet(torch.cat([dark, bright]), torch.tensor([0] * 5 + [1] * 15))
+    # "own" statistics that send every image below 0 (25 %); 0..1 sends all above (75 %); 0.5/0.5 separates them (100 %)
+    mean, std, how = choose_normalisation(_brightness_model(), clean, (0.9,), (0.01,), min_accuracy=0.8)
+    assert (mean, std) == ((0.5,), (0.5,))
+    assert how == "no --mean/--std given; accuracy with the data's own 25%, none (0..1) 75%, mean 0.5, std 0.5 100%"
+    assert "using mean 0.5, std 0.5 (pass --mean/--std to choose)" in capsys.readouterr().out
+    mean, std, _ = choose_normalisation(_brightness_model(), clean, (0.5,), (0.4,), min_accuracy=0.8)
+    assert (mean, std) == ((0.5,), (0.4,))  # the data's own, when the model is accurate with them
+
+
+def test_a_held_out_set_too_coarse_for_the_budget_says_so_and_what_to_do():
+    from rnp.defense.rnp_defense import holdout_warning
+
+    assert holdout_warning(102, 0.34, 0.01) is None  # 0.98 % per image: fine for a 1-point budget
+    warning = holdout_warning(68, 0.34, 0.01)
+    assert warning.startswith("68 held-out images: one image is 1.5% of accuracy, coarser than prune.max_clean_drop 1.0%")
+    assert "give at least 295 clean images" in warning and "prune.select: fixed" in warning

@@ -28,7 +28,7 @@ from .prune import decide_pruning
 from .recover import mask_layers, recover, resolve_mask_on
 from .unlearn import unlearn
 
-__all__ = ["defend", "detect_target", "DETECTION_THRESHOLD"]
+__all__ = ["defend", "detect_target", "weak_model_message", "holdout_warning", "DETECTION_THRESHOLD", "MIN_ACCURACY"]
 
 # A model is called backdoored when unlearning collapses it (running clean accuracy <= COLLAPSED)
 # and the collapsed model sends at least DETECTION_THRESHOLD of other classes' clean images to one
@@ -37,6 +37,30 @@ __all__ = ["defend", "detect_target", "DETECTION_THRESHOLD"]
 DETECTION_THRESHOLD = 0.25
 COLLAPSED = 0.3
 MIN_HOLDOUT = 10  # held-out images below which one image is more than a 10-point accuracy step
+# A backdoored model is an accurate one on clean images (that is what hides the backdoor). A model
+# below this on the user's own clean images is mis-specified (normalisation, class order,
+# architecture), and unlearning "collapsing" it would say nothing about a backdoor.
+MIN_ACCURACY = 0.5
+
+
+def weak_model_message(acc: float, n: int, num_classes: int, min_accuracy: float, normalisation: str) -> str:
+    return (
+        f"the model scores {acc:.0%} on the {n} clean images (chance: {1 / num_classes:.0%}; rnp defend needs >= {min_accuracy:.0%}), "
+        f"so it is not the model as it was trained. Likely causes: the normalisation ({normalisation}; pass the model's --mean/--std), "
+        f"the class order (folder names sort as strings: 1, 10, 2, ...), or the wrong --arch"
+    )
+
+
+def holdout_warning(n_holdout: int, share: float, max_clean_drop: float) -> str | None:
+    """A held-out set too small to see prune.max_clean_drop: what it can see, and the next step."""
+    if n_holdout == 0 or 1 / n_holdout <= max_clean_drop + 1e-12:
+        return None
+    need = math.ceil(1 / (max_clean_drop * share)) if share > 0 else None
+    more = f"give at least {need} clean images" if need else "hold out more images (data.defense_holdout)"
+    return (
+        f"{n_holdout} held-out images: one image is {1 / n_holdout:.1%} of accuracy, coarser than prune.max_clean_drop "
+        f"{max_clean_drop:.1%}, so the threshold choice cannot see a smaller loss; {more}, or fix the threshold (prune.select: fixed)"
+    )
 
 
 @dataclass(frozen=True)
@@ -69,6 +93,10 @@ def detect_target(unlearned: nn.Module, clean: DeviceData, num_classes: int, unl
     return Detection(target, scores[target], scores, unlearned_acc)
 
 
+def _fmt(values: tuple[float, ...]) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
 def check_clean_data(labels: torch.Tensor, num_classes: int) -> None:
     if len(labels) < num_classes:
         raise RnpError(f"only {len(labels)} clean images for {num_classes} classes; rnp defend needs at least one per class")
@@ -91,10 +119,12 @@ def defend(
     device: torch.device | str | Compute = "cpu",
     mask_on: str = "auto",
     force: bool = False,
+    min_accuracy: float = MIN_ACCURACY,
 ) -> tuple[nn.Module, dict]:
     """Purify `model` with clean `images` (N, C, H, W uint8) and `labels`.
 
-    Returns (purified copy, report). The input model is not modified.
+    Returns (purified copy, report). The input model is not modified. A model scoring below
+    `min_accuracy` on the clean images is refused (RnpError): it is mis-specified, not defended.
     """
     cfg = cfg or Config()
     check_clean_data(labels, num_classes)
@@ -109,6 +139,10 @@ def defend(
         holdout_set = fit_set
     fit, holdout, every = (DeviceData(s, mean, std, compute) for s in (fit_set, holdout_set, data))
     original = compute.place(copy.deepcopy(model)).eval()
+    clean_acc = accuracy(original, every)
+    if clean_acc < min_accuracy:
+        raise RnpError(weak_model_message(clean_acc, len(labels), num_classes, min_accuracy, f"mean {_fmt(mean)}, std {_fmt(std)}"))
+    warning = holdout_warning(len(holdout_set) if holdout_set is not fit_set else 0, cfg.data.defense_holdout, cfg.prune.max_clean_drop)
     torch.manual_seed(cfg.seed)
 
     # 1) unlearn, and read the backdoor target off the unlearned model
@@ -150,6 +184,9 @@ def defend(
         "unlearn_epochs": epochs,
         "mask_on": kind,
         "clean_images": {"fit": len(fit_set), "holdout": len(holdout_set)},
+        "clean_acc": clean_acc,  # the model's accuracy on all the clean images, before anything
+        "holdout_resolution": 1 / len(holdout_set),  # one held-out image, as accuracy: the smallest change the choice sees
+        "warnings": [warning] if warning else [],
         "curve": decision.curve,
         "selected": decision.selected,
         "masks": {k: v.cpu() for k, v in masks.items()},

@@ -13,6 +13,7 @@ from ..config import Config
 from ..data import DeviceData
 from ..datasets import load_dataset
 from ..defense import MASK_ON, defend, mask_layers
+from ..defense.rnp_defense import MIN_ACCURACY, weak_model_message
 from ..errors import RnpError
 from ..io import StageWriter, csv_bytes, json_bytes, tensors_bytes
 from ..metrics import accuracy
@@ -71,24 +72,61 @@ def check_arguments(out: Path, defense_size: int, image_size: int) -> None:
         raise RnpError(f"--out {out}: {folder} is not a writable folder")
 
 
+def normalisations(data_mean: tuple[float, ...], data_std: tuple[float, ...]) -> dict[str, tuple[tuple[float, ...], tuple[float, ...]]]:
+    """The normalisations a model is commonly trained with, for images of len(data_mean) channels; the data's own first."""
+    c = len(data_mean)
+    found = {"the data's own": (data_mean, data_std), "none (0..1)": ((0.0,) * c, (1.0,) * c), "mean 0.5, std 0.5": ((0.5,) * c, (0.5,) * c)}
+    if c == 3:
+        found["ImageNet's"] = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        found["CIFAR-10's"] = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+    return found
+
+
+def choose_normalisation(model: torch.nn.Module, clean, data_mean, data_std, min_accuracy: float):
+    """Without --mean/--std: the data's own statistics if the model is accurate with them, else the best common one.
+
+    Returns (mean, std, how): `how` says what was tried, for the report and for a refusal.
+    """
+    options = normalisations(data_mean, data_std)
+    scores = {name: accuracy(model, DeviceData(clean, m, s, torch.device("cpu"))) for name, (m, s) in options.items()}
+    own = next(iter(options))
+    best = own if scores[own] >= min_accuracy else max(scores, key=scores.get)
+    tried = ", ".join(f"{name} {acc:.0%}" for name, acc in scores.items())
+    if best != own and scores[best] >= min_accuracy:
+        say(f"defend: the model scores {scores[own]:.0%} with the data's own mean/std and {scores[best]:.0%} with {best}: "
+            f"using {best} (pass --mean/--std to choose)")
+    return (*options[best], f"no --mean/--std given; accuracy with {tried}")
+
+
 def run(cfg: Config, model_path: Path, arch: str, data: str, out: Path, defense_size: int = 500, image_size: int = 32,
-        mean: str | None = None, std: str | None = None, mask_on: str = "auto", force: bool = False) -> dict:
+        mean: str | None = None, std: str | None = None, mask_on: str = "auto", force: bool = False,
+        min_accuracy: float = MIN_ACCURACY) -> dict:
     check_arguments(out, defense_size, image_size)
+    if not 0 <= min_accuracy <= 1:
+        raise RnpError(f"--min-accuracy must be in [0, 1], got {min_accuracy}")
     mean_v, std_v = _floats(mean, "--mean"), _floats(std, "--std", positive=True)
     clean, evaluation, classes, data_mean, data_std = clean_data(data, cfg, defense_size, image_size)
-    mean_v, std_v = mean_v or data_mean, std_v or data_std
     channels = clean.images.shape[1]
-    if len(mean_v) != channels or len(std_v) != channels:
+    if len(mean_v or data_mean) != channels or len(std_v or data_std) != channels:
         raise RnpError(f"--mean/--std need {channels} values (the images have {channels} channels)")
-    spec = ModelSpec(arch, classes, tuple(clean.images.shape[1:]), mean_v, std_v)
+    spec = ModelSpec(arch, classes, tuple(clean.images.shape[1:]), mean_v or data_mean, std_v or data_std)
     model = load_untrusted(model_path, spec)
     if not mask_layers(model, mask_on):
         raise RnpError(f"--mask-on {mask_on}: {arch} has no such layer to mask (use one of {', '.join(MASK_ON)})")
+    if mean_v is None and std_v is None:
+        mean_v, std_v, how = choose_normalisation(model.eval(), clean, data_mean, data_std, min_accuracy)
+    else:
+        mean_v, std_v, how = mean_v or data_mean, std_v or data_std, "--mean/--std as given"
+    acc = accuracy(model.eval(), DeviceData(clean, mean_v, std_v, torch.device("cpu")))
+    if acc < min_accuracy:
+        raise RnpError(weak_model_message(acc, len(clean), classes, min_accuracy, how))
+    spec = ModelSpec(arch, classes, tuple(clean.images.shape[1:]), mean_v, std_v)
     compute = resolve_compute(cfg.device, cfg.precision)
     seed_everything(cfg.seed)
 
     start = time.perf_counter()
-    purified, report = defend(model, clean.images, clean.labels, mean_v, std_v, classes, cfg, compute, mask_on, force)
+    purified, report = defend(model, clean.images, clean.labels, mean_v, std_v, classes, cfg, compute, mask_on, force, min_accuracy)
+    report["normalisation"] = {"mean": list(mean_v), "std": list(std_v), "how": how}
     report["seconds"] = round(time.perf_counter() - start, 2)
     if evaluation is not None:  # clean test accuracy, for the person reading the report
         test = DeviceData(evaluation, mean_v, std_v, torch.device("cpu"))
@@ -102,7 +140,10 @@ def run(cfg: Config, model_path: Path, arch: str, data: str, out: Path, defense_
         w.write(f"{stem}.curve.csv", csv_bytes(curve))
         w.write(f"{stem}.curve.png", _curve_png(curve, report))
         w.write(f"{stem}.report.json", json_bytes(report))
-    acc = f"held-out clean acc {report['holdout_acc_before']:.1%} -> {report['holdout_acc_after']:.1%}"
+    held = report["clean_images"]["holdout"]
+    acc = f"held-out clean acc {report['holdout_acc_before']:.1%} -> {report['holdout_acc_after']:.1%} on {held} images, {1 / held:.1%} each"
+    for warning in report["warnings"]:
+        say(f"defend: WARNING: {warning}")
     say(f"defend: {report['verdict']}; pruned {report['pruned']} channels ({acc}, {report['seconds']:.1f} s) -> {out}")
     return report
 
