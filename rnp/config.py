@@ -25,11 +25,12 @@ from .sections import Count, NonNegative, OpenUnit, Positive, Section, Unit, cho
 
 __all__ = [
     "Config", "load_config", "config_from_dict", "with_overrides", "choices",
-    "Precision", "MaskOn", "Mode", "Sweep", "Select",
+    "Precision", "MaskOn", "BnStats", "Mode", "Sweep", "Select",
 ]
 
 Precision = Literal["auto", "fp32", "bf16"]
 MaskOn = Literal["auto", "bn", "norm", "conv"]
+BnStats = Literal["batch", "running"]
 Mode = Literal["all_to_one", "all_to_all"]
 Sweep = Literal["threshold", "number"]
 Select = Literal["auto", "fixed"]
@@ -123,6 +124,7 @@ class RecoverParams(Section):
     epochs: Count = 20
     batch_size: Count = 128
     mask_on: MaskOn = "bn"  # bn (as published) | norm (any norm layer's weight) | conv (conv output channels) | auto
+    bn_stats: BnStats = "batch"  # batch: BN normalises with each batch's statistics (train mode, as published) | running: with the unlearned model's
 
 
 class PruneParams(Section):

@@ -37,14 +37,16 @@ def run_epoch(
     clip_grad_norm: float = 0.0,
     after_step: Callable[[], None] | None = None,
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    train_mode: bool = True,
 ) -> EpochStats:
-    """Minimise `loss_scale * CE` for one pass over `data` in train mode.
+    """Minimise `loss_scale * CE` for one pass over `data`, in train mode unless `train_mode` is False.
 
     loss_scale -1 is gradient ascent (unlearn); 0.2 is RNP's alpha (recover).
-    `forward` replaces `model(x)`, e.g. with a compiled version of it.
+    `forward` replaces `model(x)`, e.g. with a compiled version of it. train_mode=False keeps
+    BatchNorm on its running statistics (and dropout off) while the optimizer still steps.
     """
     forward = forward or model
-    model.train()
+    model.train(train_mode)
     total_loss = torch.zeros((), device=data.images.device)
     correct = torch.zeros((), device=data.images.device, dtype=torch.long)
     params = [p for g in optimizer.param_groups for p in g["params"]]

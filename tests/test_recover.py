@@ -153,3 +153,29 @@ def test_fast_recover_matches_a_plain_per_sample_loop():
     for name in fast:
         torch.testing.assert_close(fast[name], masks[name].detach(), atol=1e-4, rtol=1e-4)
     assert any((m < 1).any() for m in fast.values())
+
+
+def test_recovery_on_running_bn_statistics_keeps_them_and_learns_other_masks():
+    """recover.bn_stats: running normalises with the unlearned model's statistics (eval mode), which no step changes."""
+    from rnp.config import AugmentParams, RecoverParams
+    from rnp.data import DeviceData, ImageSet
+    from rnp.defense import recover
+    from rnp.training import seeded_generator
+
+    torch.manual_seed(0)
+    model = create_model(ModelSpec("small_cnn", 10, (1, 8, 8), (0.5,), (0.25,)))
+    data = DeviceData(ImageSet(torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8), torch.arange(64) % 10), (0.5,), (0.25,), "cpu")
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    p = RecoverParams(epochs=2, batch_size=16)
+    running = recover(model, data, p.model_copy(update={"bn_stats": "running"}), AugmentParams(), seeded_generator(0))
+    batch = recover(model, data, p, AugmentParams(), seeded_generator(0))
+    assert any(not torch.equal(running[k], batch[k]) for k in running)
+    assert all(((m >= 0) & (m <= 1)).all() for m in running.values())
+    # the epoch itself: in eval mode BN's statistics stay, in train mode they move
+    from rnp.training import run_epoch
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    run_epoch(model, data, opt, 16, seeded_generator(0), AugmentParams(), train_mode=False)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in stats.items())
+    run_epoch(model, data, opt, 16, seeded_generator(0), AugmentParams())
+    assert any(not torch.equal(model.state_dict()[k], v) for k, v in stats.items() if v.is_floating_point())

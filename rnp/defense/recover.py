@@ -106,7 +106,8 @@ def recover(
 
     # 3) minimise alpha * CE, clamping to [0, 1] after every step
     for epoch in range(1, p.epochs + 1):
-        stats = run_epoch(model, defense, optimizer, p.batch_size, gen, augment, loss_scale=p.alpha, after_step=clamp_masks)
+        stats = run_epoch(model, defense, optimizer, p.batch_size, gen, augment, loss_scale=p.alpha, after_step=clamp_masks,
+                          train_mode=p.bn_stats == "batch")
         if on_epoch is not None:
             on_epoch(epoch, stats, {k: v.detach() for k, v in masks.items()})
     return {name: m.detach().clone() for name, m in masks.items()}

@@ -1,0 +1,198 @@
+"""Screening RNP's levers on the quality benchmark's backdoored models, on a fixed test subset.
+
+    python -m benchmarks.levers                          # every lever on every cached model, then the table
+    python -m benchmarks.levers --levers reference recover_bn_running
+    python -m benchmarks.levers --table-only
+
+`benchmarks.quality` trains each (architecture, attack, seed) model once under
+results/quality/. A lever changes only the defense (unlearn, recover, prune params),
+so this script reuses those models and reruns the defense in-process with the same
+functions the stages call. It measures CA and ASR on a fixed random 2,000-image
+subset of the clean and triggered test sets (4 times fewer images than the full
+sets: the sweep dominates a defense run on a CPU), so a lever costs about two
+minutes per model here. A lever that wins is then confirmed on the full benchmark
+before it becomes a default. Each result is saved as
+benchmarks/results/levers/<lever>/<arch>-<attack>-seed<k>.json and never rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from rnp.compute import resolve_compute
+from rnp.data import DeviceData, ImageSet
+from rnp.defense import choose_point, decide_pruning, detect_target, mask_layers, recover, unlearn
+from rnp.io import atomic_write_bytes, json_bytes, read_json
+from rnp.metrics import accuracy, attack_metrics
+from rnp.models import load_model
+from rnp.stages._common import load_imageset
+from rnp.training import seeded_generator
+
+from .effectiveness import write_marked
+from .quality import ARCHS, ATTACKS, CA_BUDGET, CLEAN, LEARNT, MAX_ASR, WORK, cell_config, cell_name, pct, stage_keys
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "levers"
+DOC = ROOT / "docs" / "quality.md"
+SUBSET = 2000  # test images per set (clean and triggered), drawn once with seed 0
+# name -> defense overrides on top of the benchmark's setting (the reference's rates)
+LEVERS: dict[str, dict[str, object]] = {
+    "reference": {},
+    "recover_lr_0.05": {"recover.lr": 0.05},
+    "recover_bn_running": {"recover.bn_stats": "running"},
+    "recover_bn_running_lr_0.05": {"recover.bn_stats": "running", "recover.lr": 0.05},
+    "recover_epochs_5": {"recover.epochs": 5},
+    "unlearn_lr_0.005": {"unlearn.lr": 0.005},
+}
+
+
+def cached_models(params: dict, work: Path, archs, attacks, seeds) -> list[tuple[str, str, int]]:
+    """(arch, attack, seed) whose poisoned data and trained model `benchmarks.quality` has made under the current setting."""
+    found = []
+    for seed, attack, arch in itertools.product(seeds, attacks, archs):
+        cfg = cell_config(params, arch, attack, seed, "reference", {"device": "auto"})  # as benchmarks.quality keys them
+        train = work / attack / f"seed{seed}" / arch / "train"
+        key = train / "params.json"
+        if (train / "metrics.json").exists() and key.exists() and read_json(key) == json.loads(json_bytes(stage_keys(cfg)["train"])):
+            found.append((arch, attack, seed))
+    return found
+
+
+def subset(data: ImageSet, extra: dict, n: int) -> tuple[ImageSet, dict]:
+    pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n].sort().values
+    return data.subset(pick), {k: v[pick] for k, v in extra.items()}
+
+
+def run_lever(params: dict, arch: str, attack: str, seed: int, lever: str, work: Path) -> dict:
+    cfg = cell_config(params, arch, attack, seed, "reference", {**LEVERS[lever], "device": "cpu"})
+    top = work / attack / f"seed{seed}"
+    fit_set, info, _ = load_imageset(top / "poison" / "defense.safetensors")
+    held_set, _, _ = load_imageset(top / "poison" / "holdout.safetensors")
+    test_set, _ = subset(load_imageset(top / "poison" / "test_clean.safetensors")[0], {}, SUBSET)
+    trig_full, _, extra = load_imageset(top / "poison" / "test_poison.safetensors", "targets")
+    trig_set, extra = subset(trig_full, extra, SUBSET)
+    model, _, _ = load_model(top / arch / "train" / "model.safetensors")
+    compute = resolve_compute(cfg.device, cfg.precision)
+    fit, held, test, trig = (DeviceData(s, info.mean, info.std, compute) for s in (fit_set, held_set, test_set, trig_set))
+    every = DeviceData(ImageSet(torch.cat([fit_set.images, held_set.images]), torch.cat([fit_set.labels, held_set.labels])),
+                       info.mean, info.std, compute)
+    original = compute.place(model).eval()
+    torch.manual_seed(cfg.seed)
+    start = time.perf_counter()
+    last = {}
+    unlearned, epochs = unlearn(original, fit, cfg.unlearn, cfg.augment, seeded_generator(cfg.seed),
+                                lambda e, stats, m: last.update(acc=stats.acc))
+    detection = detect_target(unlearned, every, info.num_classes, last["acc"])
+    masks = recover(unlearned, fit, cfg.recover, cfg.augment, seeded_generator(cfg.seed))
+    defense_s = time.perf_counter() - start
+    pruned = copy.deepcopy(original)
+
+    def measure() -> dict:
+        return {"holdout_acc": accuracy(pruned, held), "ca": accuracy(pruned, test), **attack_metrics(pruned, trig, extra["targets"])}
+
+    decision = decide_pruning(mask_layers(pruned, "bn"), masks, cfg.prune, measure)
+    flat = torch.cat(list(masks.values()))
+    result = {
+        "arch": arch, "attack": attack, "seed": seed, "lever": lever, "overrides": LEVERS[lever], "target": cfg.attack.target,
+        "before": decision.unpruned, "curve": decision.curve, "holdout_n": len(held_set), "test_subset": SUBSET,
+        "unlearn": {"epochs": epochs, "acc": last["acc"]},
+        "masks": {"total": flat.numel(), "zero": int((flat == 0).sum()), "below_0_2": int((flat <= 0.2).sum())},
+        "detection": {"backdoored": detection.backdoored, "target": detection.target, "score": detection.score, "scores": detection.scores},
+        "seconds": {"defense": round(defense_s, 1), "total": round(time.perf_counter() - start, 1)},
+        "threads": torch.get_num_threads(),
+    }
+    atomic_write_bytes(RESULTS / lever / f"{cell_name(arch, attack, seed)}.json", json_bytes(result))
+    return result
+
+
+def score(r: dict, prune) -> dict:
+    before, curve = r["before"], r["curve"]
+    i, _ = choose_point([c["holdout_acc"] for c in curve], before["holdout_acc"], [c["point"] for c in curve], prune)
+    chosen = curve[i] if i is not None else {**before, "threshold": None, "pruned": 0}
+    backdoored = r["attack"] != CLEAN
+    det = r["detection"]
+    return {
+        "chosen": chosen,
+        "learnt": backdoored and before["asr"] >= LEARNT,
+        "clean_after": chosen["asr"] <= MAX_ASR and chosen["ca"] >= before["ca"] - CA_BUDGET - 1e-9,
+        "ca_drop": before["ca"] - chosen["ca"],
+        "chance": chosen["ca"] < 0.1 + 1e-9,
+        "detected": det["backdoored"] and (not backdoored or det["target"] == r["target"]),
+    }
+
+
+def table(results: dict[str, list[dict]], prune) -> str:
+    lines = [
+        "| lever | clean after (learnt) | mean CA drop | mean ASR after | at chance | target named | false alarms | zero masks (mean) | s / model |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for lever, rs in results.items():
+        scored = [(r, score(r, prune)) for r in rs]
+        learnt = [s for r, s in scored if s["learnt"]]
+        bd = [s for r, s in scored if r["attack"] != CLEAN]
+        clean = [s for r, s in scored if r["attack"] == CLEAN]
+        mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+        lines.append(
+            f"| {lever} | {sum(s['clean_after'] for s in learnt)} / {len(learnt)} | {pct(mean([s['ca_drop'] for s in learnt]))} | "
+            f"{pct(mean([s['chosen']['asr'] for s in learnt]))} | {sum(s['chance'] for s in learnt)} | "
+            f"{sum(s['detected'] for s in bd)} / {len(bd)} | {sum(s['detected'] for s in clean)} / {len(clean)} | "
+            f"{mean([r['masks']['zero'] for r in rs]):.0f} | {mean([r['seconds']['total'] for r in rs]):.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def cells_table(results: dict[str, list[dict]], prune) -> str:
+    """Per model and lever: CA / ASR at the automatic choice (before: the unpruned model)."""
+    models = sorted({(r["arch"], r["attack"], r["seed"]) for rs in results.values() for r in rs})
+    lines = ["| model | before CA / ASR | " + " | ".join(results) + " |", "|---|---:|" + "---:|" * len(results)]
+    for arch, attack, seed in models:
+        cells, before = [], None
+        for rs in results.values():
+            r = next((r for r in rs if (r["arch"], r["attack"], r["seed"]) == (arch, attack, seed)), None)
+            if r is None:
+                cells.append("—")
+                continue
+            before = r["before"]
+            c = score(r, prune)["chosen"]
+            cells.append(f"{pct(c['ca'])} / {pct(c['asr'])}")
+        lines.append(f"| {arch} × {attack}, seed {seed} | {pct(before['ca'])} / {pct(before['asr'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    import yaml
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--levers", nargs="+", default=list(LEVERS), choices=list(LEVERS))
+    ap.add_argument("--archs", nargs="+", default=["small_cnn", "wrn16_1"], choices=list(ARCHS))
+    ap.add_argument("--attacks", nargs="+", default=ATTACKS + [CLEAN], choices=ATTACKS + [CLEAN])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--work", type=Path, default=WORK)
+    ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--no-doc", action="store_true")
+    args = ap.parse_args(argv)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    models = cached_models(params, args.work, args.archs, args.attacks, args.seeds)
+    if not args.table_only:
+        for lever, (arch, attack, seed) in itertools.product(args.levers, models):
+            if not (RESULTS / lever / f"{cell_name(arch, attack, seed)}.json").exists():
+                r = run_lever(params, arch, attack, seed, lever, args.work)
+                print(f"{lever} {cell_name(arch, attack, seed)}: {r['seconds']['total']:.0f} s", flush=True)
+    results = {lever: [read_json(p) for p in sorted((RESULTS / lever).glob("*.json"))] for lever in args.levers if (RESULTS / lever).exists()}
+    prune = cell_config(params, "small_cnn", "badnets", 0, "reference").prune
+    text = table(results, prune) + "\n\n" + cells_table(results, prune)
+    print(text)
+    if not args.no_doc:
+        write_marked(text, DOC, "levers")
+    return text
+
+
+if __name__ == "__main__":
+    main()
