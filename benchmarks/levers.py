@@ -50,6 +50,11 @@ LEVERS: dict[str, dict[str, object]] = {
     "recover_bn_running_lr_0.05": {"recover.bn_stats": "running", "recover.lr": 0.05},
     "recover_epochs_5": {"recover.epochs": 5},
     "unlearn_lr_0.005": {"unlearn.lr": 0.005},
+    "unlearn_lr_0.005_recover_lr_0.05": {"unlearn.lr": 0.005, "recover.lr": 0.05},
+    "recover_lr_0.02": {"recover.lr": 0.02},
+    # the k lowest masks, k = 0, 2, 4, ... 60: a finer first step than t = 0, which takes every zero mask at once
+    "recover_lr_0.05_number": {"recover.lr": 0.05, "prune.sweep": "number", "prune.max_number": 60, "prune.number_step": 2},
+    "recover_lr_0.02_number": {"recover.lr": 0.02, "prune.sweep": "number", "prune.max_number": 60, "prune.number_step": 2},
 }
 
 
