@@ -1,0 +1,28 @@
+"""benchmarks/levers.py: the scoring that decides whether a lever is kept (pure, on hand-made results)."""
+
+from benchmarks.levers import score, table
+from rnp.config import PruneParams
+
+
+def _result(attack: str, curve: list[tuple[float, float, float]], target: int = 0, detected: int = 0, backdoored: bool = True) -> dict:
+    rows = [{"point": i * 0.05, "threshold": i * 0.05, "pruned": 10 * i, "holdout_acc": h, "ca": ca, "asr": asr}
+            for i, (h, ca, asr) in enumerate(curve)]
+    return {
+        "arch": "small_cnn", "attack": attack, "seed": 0, "target": target, "before": {"holdout_acc": 0.95, "ca": 0.92, "asr": 1.0 if attack != "clean" else 0.01},
+        "curve": rows, "masks": {"zero": 3}, "seconds": {"total": 10.0},
+        "detection": {"backdoored": backdoored, "target": detected, "score": 0.5},
+    }
+
+
+def test_a_lever_counts_clean_after_only_within_two_points_and_scores_detection_per_model():
+    prune = PruneParams(max_clean_drop=0.01)
+    cleaned = _result("badnets", [(0.95, 0.91, 0.02), (0.90, 0.80, 0.0)])  # t = 0 removes it at 1 point: chosen
+    costly = _result("blend", [(0.94, 0.88, 0.03), (0.93, 0.87, 0.0)], target=1, detected=6)  # the second point is within 1 point of t = 0: ASR gone, but 5 points below the model
+    clean = _result("clean", [(0.95, 0.92, 0.01)], backdoored=True)  # flagged: a false alarm
+    s = score(cleaned, prune)
+    assert s["learnt"] and s["clean_after"] and s["detected"] and abs(s["ca_drop"] - 0.01) < 1e-9
+    s = score(costly, prune)
+    assert s["learnt"] and not s["clean_after"] and not s["detected"] and s["chosen"]["asr"] == 0.0
+    assert not score(clean, prune)["learnt"] and score(clean, prune)["detected"]
+    row = table({"lever": [cleaned, costly, clean]}, prune).splitlines()[2]
+    assert row == "| lever | 1 / 2 | 3.0 | 1.0 | 0 | 1 / 2 | 1 / 1 | 3 | 10 |"  # CA drops 1 and 5 points; ASR 2 % and 0 %
