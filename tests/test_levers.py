@@ -8,7 +8,8 @@ def _result(attack: str, curve: list[tuple[float, float, float]], target: int = 
     rows = [{"point": i * 0.05, "threshold": i * 0.05, "pruned": 10 * i, "holdout_acc": h, "ca": ca, "asr": asr}
             for i, (h, ca, asr) in enumerate(curve)]
     return {
-        "arch": "small_cnn", "attack": attack, "seed": 0, "target": target, "before": {"holdout_acc": 0.95, "ca": 0.92, "asr": 1.0 if attack != "clean" else 0.01},
+        "arch": "small_cnn", "attack": attack, "seed": 0, "target": target,
+        "before": {"holdout_acc": 0.95, "ca": 0.92, "asr": 1.0 if attack != "clean" else 0.01},
         "curve": rows, "masks": {"zero": 3}, "seconds": {"total": 10.0},
         "detection": {"backdoored": backdoored, "target": detected, "score": 0.5},
     }
@@ -17,7 +18,8 @@ def _result(attack: str, curve: list[tuple[float, float, float]], target: int = 
 def test_a_lever_counts_clean_after_only_within_two_points_and_scores_detection_per_model():
     prune = PruneParams(max_clean_drop=0.01)
     cleaned = _result("badnets", [(0.95, 0.91, 0.02), (0.90, 0.80, 0.0)])  # t = 0 removes it at 1 point: chosen
-    costly = _result("blend", [(0.94, 0.88, 0.03), (0.93, 0.87, 0.0)], target=1, detected=6)  # the second point is within 1 point of t = 0: ASR gone, but 5 points below the model
+    # the second point is within 1 point of t = 0: chosen, ASR gone, but 5 points below the model
+    costly = _result("blend", [(0.94, 0.88, 0.03), (0.93, 0.87, 0.0)], target=1, detected=6)
     clean = _result("clean", [(0.95, 0.92, 0.01)], backdoored=True)  # flagged: a false alarm
     s = score(cleaned, prune)
     assert s["learnt"] and s["clean_after"] and s["detected"] and abs(s["ca_drop"] - 0.01) < 1e-9
