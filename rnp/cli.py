@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
         for inp in stage.inputs:
             sp.add_argument(f"--{inp}", type=Path, default=Path("data") / inp, help=f"{inp} stage outputs (default: data/{inp})")
         sp.add_argument("--out", type=Path, default=Path("data") / stage.name, help=f"output folder (default: data/{stage.name})")
-    sub.add_parser("list", help="list data sets, attacks and architectures")
+    sub.add_parser("list", help="list data sets, attacks, architectures and defenses")
     rp = sub.add_parser("report", help="the one table of a pipeline run: CA/ASR/RA of every model it made")
     rp.add_argument("--data", type=Path, default=Path("data"), help="the stages' output folders (default: data)")
     rp.add_argument("--md", action="store_true", help="a markdown table")
@@ -61,9 +61,10 @@ def _run(args: argparse.Namespace) -> None:
     if args.command == "list":
         from .attacks import ATTACKS
         from .datasets import DATASETS
+        from .defense import DEFENSES
         from .models import MODELS
 
-        for registry in (DATASETS, ATTACKS, MODELS):
+        for registry in (DATASETS, ATTACKS, MODELS, DEFENSES):
             print(f"{registry.kind}s ({registry.key}):")
             for name, line in registry.describe().items():
                 print(f"  {name:<18} {line}")

@@ -130,11 +130,13 @@ def test_console_script_exit_code(tmp_path, bin_path):
 def test_list_names_every_registry_entry(capsys):
     from rnp.attacks import list_attacks
     from rnp.datasets import list_datasets
+    from rnp.defense import DEFENSES
     from rnp.models import list_models
 
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for name in [*list_datasets(), *list_attacks(), *list_models()]:
+    assert DEFENSES.names() == ["rnp"]
+    for name in [*list_datasets(), *list_attacks(), *list_models(), *DEFENSES.names()]:
         line = next(li for li in out.splitlines() if li.split()[:1] == [name])
         assert len(line.split()) > 2  # name plus a description
 

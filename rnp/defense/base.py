@@ -15,7 +15,7 @@ from ..registry import Registry
 
 __all__ = ["DEFENSES", "register_defense"]
 
-DEFENSES: Registry = Registry("defense", "defense")
+DEFENSES: Registry = Registry("defense", "rnp.defense.DEFENSES")
 
 
 def register_defense(name: str):
