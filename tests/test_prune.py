@@ -182,3 +182,18 @@ def test_report_is_one_row_per_model_with_the_stage_metrics(default_run, capsys)
     assert f"| {100 * metrics['prune']['ca']:.1f} % | {100 * metrics['prune']['asr']:.1f} % |" in rows["purified (prune)"]
     assert f"{metrics['recover']['zero_masks']} at 0" in rows["masks (recover)"]
     assert main(["report", "--data", str(root / "nowhere")]) == 2
+
+
+def test_the_stage_says_how_coarse_its_held_out_set_is_and_warns_below_the_budget(tmp_path, capsys, default_run):
+    from rnp.stages import prune
+
+    from .conftest import make_config
+
+    _, root, _ = default_run
+    prune.run(make_config(), root / "poison", root / "train", root / "recover", tmp_path / "a")
+    out = capsys.readouterr().out
+    assert "(102 held-out images, 1.0% each)" in out and "WARNING" not in out
+    prune.run(make_config(**{"prune.max_clean_drop": 0.005}), root / "poison", root / "train", root / "recover", tmp_path / "b")
+    out = capsys.readouterr().out
+    assert "prune: WARNING: 102 held-out images: one image is 1.0% of accuracy, coarser than prune.max_clean_drop 0.5%" in out
+    assert "give at least 589 clean images" in out

@@ -23,7 +23,7 @@ from .prune import (
     sweep_points,
 )
 from .recover import MASK_ON, attach_masks, bn_layers, mask_layers, recover, resolve_mask_on
-from .rnp_defense import defend, detect_target
+from .rnp_defense import defend, detect_target, holdout_warning
 from .unlearn import unlearn
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "register_defense",
     "defend",
     "detect_target",
+    "holdout_warning",
     "unlearn",
     "recover",
     "attach_masks",

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..config import Config
-from ..defense import decide_pruning, mask_layers, oracle_point
+from ..defense import decide_pruning, holdout_warning, mask_layers, oracle_point
 from ..errors import RnpError
 from ..io import StageWriter, csv_bytes, json_bytes, load_tensors
 from ..metrics import accuracy, attack_metrics, der
@@ -82,8 +82,12 @@ def run(cfg: Config, poison_dir: Path, train_dir: Path, recover_dir: Path, out: 
         w.write("curve.png", curve_png(rows, x, decision.selected, oracle, before))
         w.write("masks.png", masks_png(masks, decision.threshold))
         w.write("metrics.json", json_bytes(metrics))
+    warning = holdout_warning(len(holdout_set), cfg.data.defense_holdout, p.max_clean_drop) if p.select == "auto" else None
+    if warning:
+        say(f"prune: WARNING: {warning}")
     say(
-        f"prune: {decision.why}; {x} {chosen[x] if chosen[x] is not None else 'none'} ({decision.pruned} channels): "
+        f"prune: {decision.why} ({len(holdout_set)} held-out images, {1 / len(holdout_set):.1%} each); "
+        f"{x} {chosen[x] if chosen[x] is not None else 'none'} ({decision.pruned} channels): "
         f"CA {before['ca']:.1%} -> {chosen['ca']:.1%}, ASR {before['asr']:.1%} -> {chosen['asr']:.1%}; "
         f"oracle {x} {oracle_pt[x]:g}: CA {oracle_pt['ca']:.1%}, ASR {oracle_pt['asr']:.1%} ({len(rows)} points, {seconds:.1f} s) -> {out}"
     )
