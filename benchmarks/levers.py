@@ -91,9 +91,13 @@ def run_lever(params: dict, arch: str, attack: str, seed: int, lever: str, work:
     original = compute.place(model).eval()
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
-    last = {}
-    unlearned, epochs = unlearn(original, fit, cfg.unlearn, cfg.augment, seeded_generator(cfg.seed),
-                                lambda e, stats, m: last.update(acc=stats.acc))
+    last, trace = {}, []
+
+    def on_epoch(epoch, stats, m) -> None:  # where unlearning sends other classes' clean images, epoch by epoch
+        last.update(acc=stats.acc)
+        trace.append({"epoch": epoch, "acc": stats.acc, "scores": detect_target(m, every, info.num_classes, stats.acc).scores})
+
+    unlearned, epochs = unlearn(original, fit, cfg.unlearn, cfg.augment, seeded_generator(cfg.seed), on_epoch)
     detection = detect_target(unlearned, every, info.num_classes, last["acc"])
     masks = recover(unlearned, fit, cfg.recover, cfg.augment, seeded_generator(cfg.seed))
     defense_s = time.perf_counter() - start
@@ -110,6 +114,7 @@ def run_lever(params: dict, arch: str, attack: str, seed: int, lever: str, work:
         "unlearn": {"epochs": epochs, "acc": last["acc"]},
         "masks": {"total": flat.numel(), "zero": int((flat == 0).sum()), "below_0_2": int((flat <= 0.2).sum())},
         "detection": {"backdoored": detection.backdoored, "target": detection.target, "score": detection.score, "scores": detection.scores},
+        "unlearn_trace": trace,
         "seconds": {"defense": round(defense_s, 1), "total": round(time.perf_counter() - start, 1)},
         "threads": torch.get_num_threads(),
     }
