@@ -158,6 +158,35 @@ def table(results: dict[str, list[dict]], prune) -> str:
     return "\n".join(lines)
 
 
+def leader(scores: list[float]) -> int:
+    return max(range(len(scores)), key=lambda c: scores[c])
+
+
+def detection_rules(r: dict) -> dict[str, tuple[bool, int]]:
+    """(backdoored?, suspected class) under each candidate rule, from the saved unlearning trace.
+
+    current: collapsed and >= 25 % of other classes' images go to one class (rnp.defend's rule);
+    consistent: the same, and that class already led after the first epoch and never lost the lead.
+    """
+    det, trace = r["detection"], r["unlearn_trace"]
+    target = det["target"]
+    steady = all(leader(t["scores"]) == target for t in trace)
+    return {"current": (det["backdoored"], target), "consistent": (det["backdoored"] and steady, target)}
+
+
+def detection_table(rs: list[dict]) -> str:
+    """Per rule: targets named on backdoored models, false alarms on clean ones (models with a saved trace)."""
+    rs = [r for r in rs if "unlearn_trace" in r]
+    lines = ["| detection rule | target named | false alarms |", "|---|---:|---:|"]
+    for rule in ("current", "consistent"):
+        verdicts = [(r, detection_rules(r)[rule]) for r in rs]
+        named = sum(flag and cls == r["target"] for r, (flag, cls) in verdicts if r["attack"] != CLEAN)
+        alarms = sum(flag for r, (flag, _) in verdicts if r["attack"] == CLEAN)
+        n_bd = sum(r["attack"] != CLEAN for r in rs)
+        lines.append(f"| {rule} | {named} / {n_bd} | {alarms} / {len(rs) - n_bd} |")
+    return "\n".join(lines)
+
+
 def cells_table(results: dict[str, list[dict]], prune) -> str:
     """Per model and lever: CA / ASR at the automatic choice (before: the unpruned model)."""
     models = sorted({(r["arch"], r["attack"], r["seed"]) for rs in results.values() for r in rs})
@@ -198,6 +227,8 @@ def main(argv: list[str] | None = None) -> str:
     results = {lever: [read_json(p) for p in sorted((RESULTS / lever).glob("*.json"))] for lever in args.levers if (RESULTS / lever).exists()}
     prune = cell_config(params, "small_cnn", "badnets", 0, "reference").prune
     text = table(results, prune) + "\n\n" + cells_table(results, prune)
+    if "reference" in results:
+        text += "\n\n" + detection_table(results["reference"])
     print(text)
     if not args.no_doc:
         write_marked(text, DOC, "levers")

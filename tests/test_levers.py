@@ -28,3 +28,17 @@ def test_a_lever_counts_clean_after_only_within_two_points_and_scores_detection_
     assert not score(clean, prune)["learnt"] and score(clean, prune)["detected"]
     row = table({"lever": [cleaned, costly, clean]}, prune).splitlines()[2]
     assert row == "| lever | 1 / 2 | 3.0 | 1.0 | 0 | 1 / 2 | 1 / 1 | 3 | 10 |"  # CA drops 1 and 5 points; ASR 2 % and 0 %
+
+
+def test_the_consistent_detection_rule_needs_the_same_leader_from_the_first_epoch():
+    from benchmarks.levers import detection_rules, detection_table
+
+    def model(attack, target, leaders, flagged=True):
+        trace = [{"scores": [0.5 if c == lead else 0.1 for c in range(10)]} for lead in leaders]
+        return {"attack": attack, "target": target, "detection": {"backdoored": flagged, "target": leaders[-1]}, "unlearn_trace": trace}
+
+    steady, wandering = model("badnets", 0, [0, 0, 0]), model("clean", 0, [6, 4, 0])
+    assert detection_rules(steady) == {"current": (True, 0), "consistent": (True, 0)}
+    assert detection_rules(wandering) == {"current": (True, 0), "consistent": (False, 0)}
+    table = detection_table([steady, wandering, model("blend", 1, [6, 1])])
+    assert "| current | 2 / 2 | 1 / 1 |" in table and "| consistent | 1 / 2 | 0 / 1 |" in table
