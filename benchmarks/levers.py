@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
-import json
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import torch
 
 from rnp.compute import resolve_compute
 from rnp.data import DeviceData, ImageSet
-from rnp.defense import choose_point, decide_pruning, detect_target, mask_layers, recover, unlearn
+from rnp.defense import decide_pruning, detect_target, mask_layers, recover, unlearn
 from rnp.io import atomic_write_bytes, json_bytes, read_json
 from rnp.metrics import accuracy, attack_metrics
 from rnp.models import load_model
@@ -36,7 +35,8 @@ from rnp.stages._common import load_imageset
 from rnp.training import seeded_generator
 
 from .effectiveness import write_marked
-from .quality import ARCHS, ATTACKS, CA_BUDGET, CLEAN, LEARNT, MAX_ASR, WORK, cell_config, cell_name, pct, stage_keys
+from .quality import ARCHS, ATTACKS, CLEAN, WORK, cell_config, cell_name, pct, stage_done, stage_keys
+from .quality import score as quality_score
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "levers"
@@ -63,9 +63,7 @@ def cached_models(params: dict, work: Path, archs, attacks, seeds) -> list[tuple
     found = []
     for seed, attack, arch in itertools.product(seeds, attacks, archs):
         cfg = cell_config(params, arch, attack, seed, "reference", {"device": "auto"})  # as benchmarks.quality keys them
-        train = work / attack / f"seed{seed}" / arch / "train"
-        key = train / "params.json"
-        if (train / "metrics.json").exists() and key.exists() and read_json(key) == json.loads(json_bytes(stage_keys(cfg)["train"])):
+        if stage_done(work / attack / f"seed{seed}" / arch / "train", stage_keys(cfg)["train"]):
             found.append((arch, attack, seed))
     return found
 
@@ -123,24 +121,15 @@ def run_lever(params: dict, arch: str, attack: str, seed: int, lever: str, work:
 
 
 def score(r: dict, prune) -> dict:
-    before, curve = r["before"], r["curve"]
-    i, _ = choose_point([c["holdout_acc"] for c in curve], before["holdout_acc"], [c["point"] for c in curve], prune)
-    chosen = curve[i] if i is not None else {**before, "threshold": None, "pruned": 0}
-    backdoored = r["attack"] != CLEAN
-    det = r["detection"]
-    return {
-        "chosen": chosen,
-        "learnt": backdoored and before["asr"] >= LEARNT,
-        "clean_after": chosen["asr"] <= MAX_ASR and chosen["ca"] >= before["ca"] - CA_BUDGET - 1e-9,
-        "ca_drop": before["ca"] - chosen["ca"],
-        "chance": chosen["ca"] < 0.1 + 1e-9,
-        "detected": det["backdoored"] and (not backdoored or det["target"] == r["target"]),
-    }
+    """benchmarks.quality's verdicts (a lever result has a cell's shape), plus the CA the choice cost."""
+    s = quality_score(r, prune)
+    return {**s, "ca_drop": r["before"]["ca"] - s["chosen"]["ca"]}
 
 
 def table(results: dict[str, list[dict]], prune) -> str:
     lines = [
-        "| lever | clean after (learnt) | mean CA drop | mean ASR after | at chance | target named | false alarms | zero masks (mean) | s / model |",
+        "| lever | clean after (learnt) | mean CA drop | mean ASR after | worse than chance | target named | false alarms "
+        "| zero masks (mean) | s / model |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for lever, rs in results.items():
@@ -151,7 +140,7 @@ def table(results: dict[str, list[dict]], prune) -> str:
         mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
         lines.append(
             f"| {lever} | {sum(s['clean_after'] for s in learnt)} / {len(learnt)} | {pct(mean([s['ca_drop'] for s in learnt]))} | "
-            f"{pct(mean([s['chosen']['asr'] for s in learnt]))} | {sum(s['chance'] for s in learnt)} | "
+            f"{pct(mean([s['chosen']['asr'] for s in learnt]))} | {sum(s['worse_than_chance'] for s in learnt)} | "
             f"{sum(s['detected'] for s in bd)} / {len(bd)} | {sum(s['detected'] for s in clean)} / {len(clean)} | "
             f"{mean([r['masks']['zero'] for r in rs]):.0f} | {mean([r['seconds']['total'] for r in rs]):.0f} |"
         )

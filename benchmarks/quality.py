@@ -113,10 +113,16 @@ def write_subset(n_train: int, work: Path) -> Path:
     return root
 
 
-def _stage(done: Path, key: dict, fn, *args, **kwargs) -> float:
-    """Run a stage unless it finished (metrics.json is written last) under the same params; returns its seconds."""
+def stage_done(done: Path, key: dict) -> bool:
+    """The stage in `done` finished (metrics.json is written last) under the params `key`."""
     key_file = done / "params.json"
-    if (done / "metrics.json").exists() and key_file.exists() and read_json(key_file) == json.loads(json_bytes(key)):
+    return (done / "metrics.json").exists() and key_file.exists() and read_json(key_file) == json.loads(json_bytes(key))
+
+
+def _stage(done: Path, key: dict, fn, *args, **kwargs) -> float:
+    """Run a stage unless it finished under the same params; returns its seconds."""
+    key_file = done / "params.json"
+    if stage_done(done, key):
         return 0.0
     if done.exists():
         shutil.rmtree(done)  # stale: made under other params (its downstream stages are keyed on these params too)
