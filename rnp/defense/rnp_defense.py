@@ -120,11 +120,13 @@ def defend(
     mask_on: str = "auto",
     force: bool = False,
     min_accuracy: float = MIN_ACCURACY,
+    normalisation: str | None = None,
 ) -> tuple[nn.Module, dict]:
     """Purify `model` with clean `images` (N, C, H, W uint8) and `labels`.
 
     Returns (purified copy, report). The input model is not modified. A model scoring below
-    `min_accuracy` on the clean images is refused (RnpError): it is mis-specified, not defended.
+    `min_accuracy` on the clean images is refused (RnpError): it is mis-specified, not defended;
+    `normalisation` says how mean/std were chosen, for that message (default: their values).
     """
     cfg = cfg or Config()
     check_clean_data(labels, num_classes)
@@ -135,14 +137,15 @@ def defend(
         need = math.ceil(MIN_HOLDOUT / cfg.data.defense_holdout)
         raise RnpError(f"{len(labels)} clean images leave {len(holdout_set)} held out (data.defense_holdout {cfg.data.defense_holdout:g}); "
                        f"choosing a threshold needs at least {MIN_HOLDOUT}: give at least {need} clean images")
+    warning = holdout_warning(len(holdout_set), cfg.data.defense_holdout, cfg.prune.max_clean_drop)
     if len(holdout_set) == 0:  # data.defense_holdout 0: choose on the unlearn/recover images themselves
         holdout_set = fit_set
     fit, holdout, every = (DeviceData(s, mean, std, compute) for s in (fit_set, holdout_set, data))
     original = compute.place(copy.deepcopy(model)).eval()
     clean_acc = accuracy(original, every)
     if clean_acc < min_accuracy:
-        raise RnpError(weak_model_message(clean_acc, len(labels), num_classes, min_accuracy, f"mean {_fmt(mean)}, std {_fmt(std)}"))
-    warning = holdout_warning(len(holdout_set) if holdout_set is not fit_set else 0, cfg.data.defense_holdout, cfg.prune.max_clean_drop)
+        how = normalisation or f"mean {_fmt(mean)}, std {_fmt(std)}"
+        raise RnpError(weak_model_message(clean_acc, len(labels), num_classes, min_accuracy, how))
     torch.manual_seed(cfg.seed)
 
     # 1) unlearn, and read the backdoor target off the unlearned model

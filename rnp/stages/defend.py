@@ -13,7 +13,7 @@ from ..config import Config
 from ..data import DeviceData
 from ..datasets import load_dataset
 from ..defense import MASK_ON, defend, mask_layers
-from ..defense.rnp_defense import MIN_ACCURACY, weak_model_message
+from ..defense.rnp_defense import MIN_ACCURACY
 from ..errors import RnpError
 from ..io import StageWriter, csv_bytes, json_bytes, tensors_bytes
 from ..metrics import accuracy
@@ -117,15 +117,12 @@ def run(cfg: Config, model_path: Path, arch: str, data: str, out: Path, defense_
         mean_v, std_v, how = choose_normalisation(model.eval(), clean, data_mean, data_std, min_accuracy)
     else:
         mean_v, std_v, how = mean_v or data_mean, std_v or data_std, "--mean/--std as given"
-    acc = accuracy(model.eval(), DeviceData(clean, mean_v, std_v, torch.device("cpu")))
-    if acc < min_accuracy:
-        raise RnpError(weak_model_message(acc, len(clean), classes, min_accuracy, how))
     spec = ModelSpec(arch, classes, tuple(clean.images.shape[1:]), mean_v, std_v)
     compute = resolve_compute(cfg.device, cfg.precision)
     seed_everything(cfg.seed)
 
     start = time.perf_counter()
-    purified, report = defend(model, clean.images, clean.labels, mean_v, std_v, classes, cfg, compute, mask_on, force, min_accuracy)
+    purified, report = defend(model, clean.images, clean.labels, mean_v, std_v, classes, cfg, compute, mask_on, force, min_accuracy, how)
     report["normalisation"] = {"mean": list(mean_v), "std": list(std_v), "how": how}
     report["seconds"] = round(time.perf_counter() - start, 2)
     if evaluation is not None:  # clean test accuracy, for the person reading the report
