@@ -192,6 +192,8 @@ def score(cell: dict, prune: PruneParams) -> dict:
         "oracle": oracle,
         "learnt": backdoored and before["asr"] >= LEARNT,
         "clean_after": chosen["asr"] <= MAX_ASR and chosen["ca"] >= before["ca"] - CA_BUDGET - 1e-9,
+        # could any threshold have done it? (the oracle reads test labels: an upper bound on every selection rule)
+        "oracle_clean": oracle is not None and oracle["ca"] >= before["ca"] - CA_BUDGET - 1e-9,
         "worse_than_chance": chosen["ca"] < 0.1,
         "detected": det["backdoored"] and (not backdoored or det["target"] == cell["target"]),
     }
@@ -232,7 +234,8 @@ def summary(scored: list[tuple[dict, dict]]) -> str:
     return (
         f"**Summary.** Clean after defense (ASR ≤ 5 %, CA ≥ before − 2 points): **{sum(s['clean_after'] for s in learnt)} of "
         f"{len(learnt)}** learnt cells ({len(backdoored) - len(learnt)} not learnt: ASR before < {LEARNT:.0%}); "
-        f"worse than chance after: {sum(s['worse_than_chance'] for s in learnt)}. "
+        f"worse than chance after: {sum(s['worse_than_chance'] for s in learnt)}; "
+        f"a threshold that meets it exists (oracle, test labels) in {sum(s['oracle_clean'] for s in learnt)} of {len(learnt)}. "
         f"Target named on **{sum(s['detected'] for s in backdoored)} of {len(backdoored)}** backdoored models; "
         f"false alarms on **{sum(s['detected'] for s in clean)} of {len(clean)}** clean models. "
         f"Held-out images: {', '.join(map(str, holdout))}."

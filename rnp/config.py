@@ -34,6 +34,7 @@ BnStats = Literal["batch", "running"]
 Mode = Literal["all_to_one", "all_to_all"]
 Sweep = Literal["threshold", "number"]
 Select = Literal["auto", "fixed"]
+Fill = Literal["bias", "fit"]
 
 class DataParams(Section):
     dataset: str = "digits"  # registry name, see `rnp list`
@@ -139,6 +140,9 @@ class PruneParams(Section):
     threshold: Unit = 0.20  # fixed, sweep=threshold
     number: Annotated[int, Field(ge=0)] = 20  # fixed, sweep=number
     oracle_max_asr: Unit = 0.05  # oracle (reporting only): best test CA among points with ASR <= this
+    fill: Fill = "bias"  # what a pruned channel outputs: bias = its trained bias (the reference); fit = a constant fitted on the clean defense data
+    fit_epochs: Count = 20  # fill=fit: epochs of Adam over the unlearn/recover images, only the pruned channels' biases trainable
+    fit_lr: Positive = 0.05  # fill=fit: Adam's learning rate
 
 
 class Config(Section):

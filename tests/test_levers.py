@@ -27,7 +27,19 @@ def test_a_lever_counts_clean_after_only_within_two_points_and_scores_detection_
     assert s["learnt"] and not s["clean_after"] and not s["detected"] and s["chosen"]["asr"] == 0.0
     assert not score(clean, prune)["learnt"] and score(clean, prune)["detected"]
     row = table({"lever": [cleaned, costly, clean]}, prune).splitlines()[2]
-    assert row == "| lever | 1 / 2 | 3.0 | 1.0 | 0 | 1 / 2 | 1 / 1 | 3 | 10 |"  # CA drops 1 and 5 points; ASR 2 % and 0 %
+    # CA drops 1 and 5 points; ASR 2 % and 0 %; the oracle (best CA at ASR <= 5 %) could clean only the first: 1 and 4 points
+    assert row == "| lever | 1 / 2 | 1 / 2 | 3.0 | 2.5 | 1.0 | 0 | 1 / 2 | 1 / 1 | 3 | 10 |"
+    assert score(cleaned, prune)["oracle_clean"] and not score(costly, prune)["oracle_clean"]
+
+
+def test_the_oracle_column_counts_cells_no_threshold_cleans():
+    from benchmarks.levers import oracle_drop
+
+    prune = PruneParams(max_clean_drop=0.01)
+    never = _result("sig", [(0.95, 0.91, 0.60), (0.90, 0.60, 0.30)])
+    once = _result("badnets", [(0.95, 0.91, 0.60), (0.90, 0.86, 0.04)])
+    assert score(never, prune)["oracle_drop"] is None and not score(never, prune)["oracle_clean"]
+    assert oracle_drop([score(never, prune), score(once, prune)]) == "6.0 (1 never ≤ 5 %)"
 
 
 def test_the_consistent_detection_rule_needs_the_same_leader_from_the_first_epoch():

@@ -197,3 +197,102 @@ def test_the_stage_says_how_coarse_its_held_out_set_is_and_warns_below_the_budge
     out = capsys.readouterr().out
     assert "prune: WARNING: 102 held-out images: one image is 1.0% of accuracy, coarser than prune.max_clean_drop 0.5%" in out
     assert "give at least 589 clean images" in out
+
+
+def _bright_or_dark():
+    """A model that tells bright images (class 1) from dark ones (class 0) by channel 0; channel 1 is a
+    channel whose trained bias, once its weight is zeroed, pushes every image to class 0."""
+    from torch import nn
+
+    from rnp.data import DeviceData, ImageSet
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2)).eval()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([1.0, 1.0]).view(2, 1, 1, 1))
+        model[0].bias.zero_()
+        model[1].running_mean.zero_()
+        model[1].running_var.fill_(1.0)
+        model[1].weight.copy_(torch.tensor([4.0, -10.0]))
+        model[1].bias.copy_(torch.tensor([0.0, 6.0]))
+        model[5].weight.copy_(torch.tensor([[0.0, 1.0], [1.0, 0.0]]))  # channel 0 votes for class 1, channel 1 for class 0
+        model[5].bias.copy_(torch.tensor([0.0, 0.0]))
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(64) % 2
+    images = torch.where(labels.view(-1, 1, 1, 1) == 1, 200, 40).to(torch.uint8).expand(64, 1, 4, 4).clone()
+    images = (images.int() + torch.randint(-10, 10, images.shape, generator=gen)).clamp(0, 255).to(torch.uint8)
+    data = DeviceData(ImageSet(images, labels), (0.5,), (0.5,), "cpu")
+    return model, data
+
+
+def test_fitted_constants_undo_the_offset_a_pruned_channel_leaves_and_change_nothing_else():
+    from rnp.defense import constant_fitter, mask_layers
+    from rnp.metrics import accuracy
+
+    model, data = _bright_or_dark()
+    layers = mask_layers(model, "bn")
+    assert accuracy(model, data) == 1.0
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model[1].weight[1] = 0.0  # prune channel 1: it now outputs 6 for every image, far more than it gave a bright one
+    assert accuracy(model, data) == 0.5  # the offset sends the bright images to class 0 too
+    refit = constant_fitter(model, layers, data, PruneParams(fill="fit", fit_epochs=60, fit_lr=0.2), seed=0)
+    chosen = {"1": torch.tensor([False, True])}
+    refit(chosen)
+    assert accuracy(model, data) == 1.0
+    fitted = model[1].bias.detach().clone()
+    assert fitted[0] == weights["1.bias"][0] and fitted[1] < weights["1.bias"][1]  # only the pruned channel's constant moved
+    for name, value in model.state_dict().items():
+        if name not in ("1.bias", "1.weight"):
+            assert torch.equal(value, weights[name]), name  # BN statistics included: eval mode throughout
+    assert all(p.requires_grad for p in model.parameters())
+    refit(chosen)
+    assert torch.equal(model[1].bias, fitted)  # the same channels get the same constants
+    refit({"1": torch.tensor([False, False])})
+    assert torch.equal(model[1].bias, weights["1.bias"])  # nothing pruned: the trained biases are back
+
+
+def test_decide_pruning_with_fitted_constants_measures_and_keeps_the_fitted_model():
+    from rnp.defense import constant_fitter, mask_layers
+    from rnp.metrics import accuracy
+
+    model, data = _bright_or_dark()
+    layers = mask_layers(model, "bn")
+    masks = {"1": torch.tensor([0.9, 0.0])}
+    p = PruneParams(fill="fit", fit_epochs=60, fit_lr=0.2, max_threshold=0.2, step=0.1)
+    plain_params = PruneParams(max_threshold=0.2, step=0.1, max_first_drop=1.0)
+    plain = decide_pruning(layers, masks, plain_params, lambda: {"holdout_acc": accuracy(model, data)})
+    assert [r["holdout_acc"] for r in plain.curve] == [0.5, 0.5, 0.5]
+    model, data = _bright_or_dark()
+    layers = mask_layers(model, "bn")
+    d = decide_pruning(layers, masks, p, lambda: {"holdout_acc": accuracy(model, data)}, refit=constant_fitter(model, layers, data, p, seed=0))
+    assert [r["holdout_acc"] for r in d.curve] == [1.0, 1.0, 1.0] and d.threshold == 0.2
+    assert model[1].weight[1] == 0 and model[1].bias[1] < 6.0 and accuracy(model, data) == 1.0
+
+
+def test_prune_stage_with_fitted_constants_saves_the_fitted_biases_of_the_pruned_channels_only(tmp_path, default_run):
+    from rnp.stages import prune
+
+    from .conftest import make_config
+
+    _, root, _ = default_run
+    cfg = make_config(**{"prune.fill": "fit", "prune.select": "fixed", "prune.threshold": 0.3, "prune.fit_epochs": 5})
+    m = prune.run(cfg, root / "poison", root / "train", root / "recover", tmp_path / "prune")
+    masks, _ = load_tensors(root / "recover/masks.safetensors")
+    original, _, _ = load_model(root / "train/model.safetensors")
+    pruned, _, _ = load_model(tmp_path / "prune/model.safetensors")
+    orig_bn, pruned_bn = bn_layers(original), bn_layers(pruned)
+    moved = 0
+    for name, mask in masks.items():
+        chosen = mask <= 0.3
+        assert (pruned_bn[name].weight[chosen] == 0).all()
+        assert torch.equal(pruned_bn[name].weight[~chosen], orig_bn[name].weight[~chosen])
+        assert torch.equal(pruned_bn[name].bias[~chosen], orig_bn[name].bias[~chosen])
+        moved += int((pruned_bn[name].bias[chosen] != orig_bn[name].bias[chosen]).sum())
+    assert m["pruned"] > 0 and moved == m["pruned"]  # every pruned channel got a fitted constant
+    from rnp.compute import resolve_compute
+    from rnp.metrics import accuracy
+    from rnp.stages._common import load_imageset
+
+    test_set, info, _ = load_imageset(root / "poison/test_clean.safetensors")
+    compute = resolve_compute(cfg.device, cfg.precision)
+    assert abs(accuracy(compute.place(pruned).eval(), info.to_device(test_set, compute)) - m["ca"]) < 1e-6  # the model measured is the one saved

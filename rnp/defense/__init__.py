@@ -14,6 +14,7 @@ from .prune import (
     PruneDecision,
     apply_pruning,
     choose_point,
+    constant_fitter,
     decide_pruning,
     oracle_point,
     prune_at,
@@ -49,4 +50,5 @@ __all__ = [
     "PruneDecision",
     "decide_pruning",
     "choose_point",
+    "constant_fitter",
 ]

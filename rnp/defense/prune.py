@@ -6,7 +6,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import PruneParams
+from ..config import AugmentParams, PruneParams
+from ..data import DeviceData
+from ..training import run_epoch, seeded_generator
 from .recover import channel_view
 
 __all__ = [
@@ -20,7 +22,10 @@ __all__ = [
     "sweep_points",
     "select_auto",
     "oracle_point",
+    "constant_fitter",
 ]
+
+Refit = Callable[[dict[str, torch.Tensor]], None]  # called with the pruned channels after every pruning
 
 
 @dataclass(frozen=True)
@@ -71,20 +76,22 @@ def decide_pruning(
     measure: Callable[[], dict],
     blocked: str | None = None,
     progress: Callable = lambda it: it,
+    refit: Refit | None = None,
 ) -> PruneDecision:
     """Sweep, choose and prune the layers in place at the chosen point (or leave them unpruned).
 
     `measure()` must return at least {"holdout_acc": ...}: the choice sees nothing else.
     `blocked` is a reason to keep the model unpruned whatever the curve says (it is still measured).
+    `refit` (prune.fill fit: `constant_fitter`) runs after every pruning, before it is measured.
     """
     unpruned = measure()
     points = sweep_points(p, sum(m.numel() for m in masks.values()))
-    curve = sweep_curve(layers, masks, p.sweep, points, measure, progress)
+    curve = sweep_curve(layers, masks, p.sweep, points, measure, progress, refit)
     selected, why = choose_point([r["holdout_acc"] for r in curve], unpruned["holdout_acc"], points, p)
     if blocked is not None:
         selected, why = None, blocked
     if selected is not None:
-        prune_at(layers, masks, p.sweep, points[selected])
+        prune_at(layers, masks, p.sweep, points[selected], refit)
     return PruneDecision(unpruned, curve, selected, why)
 
 
@@ -120,10 +127,58 @@ def apply_pruning(layers: dict[str, nn.Module], original: dict[str, torch.Tensor
         layers[name].weight.copy_(w.masked_fill(channel_view(prune.to(w.device), w), 0.0))
 
 
-def prune_at(layers: dict[str, nn.Module], masks: dict[str, torch.Tensor], sweep: str, point: float) -> None:
+def prune_at(layers: dict[str, nn.Module], masks: dict[str, torch.Tensor], sweep: str, point: float, refit: Refit | None = None) -> None:
     """Prune the (unpruned) layers in place at one sweep point: the chosen point, after a sweep."""
     original = {name: layer.weight.detach().clone() for name, layer in layers.items()}
-    apply_pruning(layers, original, pruning_sets(masks, sweep, [point])[0])
+    chosen = pruning_sets(masks, sweep, [point])[0]
+    apply_pruning(layers, original, chosen)
+    if refit is not None:
+        refit(chosen)
+
+
+def constant_fitter(model: nn.Module, layers: dict[str, nn.Module], clean: DeviceData, p: PruneParams, seed: int) -> Refit:
+    """prune.fill fit: a function that fits the constant each pruned channel outputs (its bias) on clean data.
+
+    A channel whose weight is zeroed outputs its bias whatever the input, so fitting it cannot
+    make the model respond to a trigger. The trained bias it keeps otherwise was learnt next to
+    a varying output; left alone, the pruned channels shift every logit by a fixed amount, which
+    costs clean accuracy (and can hide a backdoor that is still there). Each call restores the
+    original biases first, then fits the chosen channels' only (Adam, eval-mode BN, a fixed
+    batch order), so the same channels always get the same constants; layers without a bias
+    keep their pruned channels at 0.
+    """
+    biases = {name: layer.bias.detach().clone() for name, layer in layers.items() if getattr(layer, "bias", None) is not None}
+
+    def refit(chosen: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, bias in biases.items():
+                layers[name].bias.copy_(bias)
+        fitted = {name: c.to(biases[name].device) for name, c in chosen.items() if name in biases and bool(c.any())}
+        if not fitted:
+            return
+        trainable = [q for q in model.parameters() if q.requires_grad]
+        for q in trainable:
+            q.requires_grad_(False)
+        params = [layers[name].bias.requires_grad_(True) for name in fitted]
+
+        @torch.no_grad()
+        def keep_the_rest() -> None:  # only the pruned channels' constants move
+            for name, c in fitted.items():
+                layers[name].bias.copy_(torch.where(c, layers[name].bias, biases[name]))
+
+        optimizer = torch.optim.Adam(params, lr=p.fit_lr)
+        gen = seeded_generator(seed)
+        try:
+            for _ in range(p.fit_epochs):
+                run_epoch(model, clean, optimizer, 128, gen, AugmentParams(), after_step=keep_the_rest, train_mode=False)
+        finally:
+            for q in params:
+                q.requires_grad_(False)
+            for q in trainable:
+                q.requires_grad_(True)
+        model.eval()
+
+    return refit
 
 
 def sweep_points(p: PruneParams, total_channels: int) -> list[float]:
@@ -144,8 +199,9 @@ def sweep_curve(
     points: list[float],
     measure: Callable[[], dict],
     progress: Callable = lambda it: it,
+    refit: Refit | None = None,
 ) -> list[dict]:
-    """Prune at every point in place on one model, call `measure()`, restore; rows in sweep order.
+    """Prune at every point in place on one model (then `refit`), call `measure()`, restore; rows in sweep order.
 
     Each row: point, threshold (sweep=number: the largest pruned mask value), pruned, **measure().
     Consecutive points that prune the same channels reuse the previous measurement.
@@ -157,10 +213,15 @@ def sweep_curve(
         key = tuple(torch.cat(list(chosen.values())).nonzero().flatten().tolist())
         if key != last_key:
             apply_pruning(layers, original, chosen)
+            if refit is not None:
+                refit(chosen)
             last, last_key = measure(), key
         threshold = point if sweep == "threshold" else (values.max().item() if values.numel() else 0.0)
         rows.append({"point": point, "threshold": threshold, "pruned": int(values.numel()), **last})
-    apply_pruning(layers, original, {n: torch.zeros_like(m, dtype=torch.bool) for n, m in masks.items()})
+    nothing = {n: torch.zeros_like(m, dtype=torch.bool) for n, m in masks.items()}
+    apply_pruning(layers, original, nothing)
+    if refit is not None:
+        refit(nothing)  # restores the biases
     return rows
 
 

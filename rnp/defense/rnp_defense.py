@@ -24,7 +24,7 @@ from ..errors import RnpError
 from ..metrics import accuracy
 from ..training import seeded_generator
 from .base import register_defense
-from .prune import decide_pruning
+from .prune import constant_fitter, decide_pruning
 from .recover import mask_layers, recover, resolve_mask_on
 from .unlearn import unlearn
 
@@ -165,7 +165,8 @@ def defend(
         f"at most {detection.score:.0%} of other classes' images go to one class)"
     )
     blocked = None if detection.backdoored or force else no_evidence
-    decision = decide_pruning(layers, masks, cfg.prune, lambda: {"holdout_acc": accuracy(purified, holdout)}, blocked=blocked)
+    refit = constant_fitter(purified, layers, fit, cfg.prune, cfg.seed) if cfg.prune.fill == "fit" else None
+    decision = decide_pruning(layers, masks, cfg.prune, lambda: {"holdout_acc": accuracy(purified, holdout)}, blocked=blocked, refit=refit)
     verdict = (
         f"backdoor suspected: unlearning sends {detection.score:.0%} of other classes' clean images to class {detection.target}"
         if detection.backdoored

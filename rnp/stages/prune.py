@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..config import Config
-from ..defense import decide_pruning, holdout_warning, mask_layers, oracle_point
+from ..defense import constant_fitter, decide_pruning, holdout_warning, mask_layers, oracle_point
 from ..errors import RnpError
 from ..io import StageWriter, csv_bytes, json_bytes, load_tensors
 from ..metrics import accuracy, attack_metrics, der
@@ -51,7 +51,11 @@ def run(cfg: Config, poison_dir: Path, train_dir: Path, recover_dir: Path, out: 
 
     # the sweep chooses from clean held-out data only; the oracle looks at test data and is for reporting
     start = time.perf_counter()
-    decision = decide_pruning(layers, masks, p, measure, progress=lambda it: progress(it, "prune"))
+    refit = None
+    if p.fill == "fit":  # the constants are fitted on the images unlearn and recover used, never on the held-out ones
+        fit_set, _, _ = load_imageset(poison_dir / "defense.safetensors")
+        refit = constant_fitter(model, layers, info.to_device(fit_set, compute), p, cfg.seed)
+    decision = decide_pruning(layers, masks, p, measure, progress=lambda it: progress(it, "prune"), refit=refit)
     seconds = time.perf_counter() - start
     before, chosen, rows = decision.unpruned, decision.chosen, decision.curve
     oracle = oracle_point(rows, p.oracle_max_asr)
