@@ -27,7 +27,7 @@ import torch
 
 from rnp.compute import resolve_compute
 from rnp.data import DeviceData, ImageSet
-from rnp.defense import constant_fitter, decide_pruning, detect_target, mask_layers, recover, unlearn
+from rnp.defense import constant_fitter, decide_pruning, detect_target, mask_layers, recover, refit_classifier_bias, unlearn
 from rnp.io import atomic_write_bytes, json_bytes, read_json
 from rnp.metrics import accuracy, attack_metrics
 from rnp.models import load_model
@@ -110,10 +110,12 @@ def run_lever(params: dict, arch: str, attack: str, seed: int, lever: str, work:
     layers = mask_layers(pruned, "bn")
     refit = constant_fitter(pruned, layers, fit, cfg.prune, cfg.seed) if cfg.prune.fill == "fit" else None
     decision = decide_pruning(layers, masks, cfg.prune, measure, refit=refit)
+    check = refit_classifier_bias(pruned, fit, info.num_classes, cfg.prune, cfg.seed)  # the chosen model, class biases refitted
     flat = torch.cat(list(masks.values()))
     result = {
         "arch": arch, "attack": attack, "seed": seed, "lever": lever, "overrides": LEVERS[lever], "target": cfg.attack.target,
         "before": decision.unpruned, "curve": decision.curve, "holdout_n": len(held_set), "test_subset": SUBSET,
+        "bias_refit": {"point": decision.chosen["point"], "ca": accuracy(check, test), **attack_metrics(check, trig, extra["targets"])},
         "unlearn": {"epochs": epochs, "acc": last["acc"]},
         "masks": {"total": flat.numel(), "zero": int((flat == 0).sum()), "below_0_2": int((flat <= 0.2).sum())},
         "detection": {"backdoored": detection.backdoored, "target": detection.target, "score": detection.score, "scores": detection.scores},
@@ -129,7 +131,19 @@ def score(r: dict, prune) -> dict:
     """benchmarks.quality's verdicts (a lever result has a cell's shape), plus the CA the choice cost."""
     s = quality_score(r, prune)
     oracle = s["oracle"]
-    return {**s, "ca_drop": r["before"]["ca"] - s["chosen"]["ca"], "oracle_drop": None if oracle is None else r["before"]["ca"] - oracle["ca"]}
+    refit = r.get("bias_refit")  # the chosen model with its class biases refitted on the clean images (results since prune.fill)
+    return {
+        **s,
+        "ca_drop": r["before"]["ca"] - s["chosen"]["ca"],
+        "oracle_drop": None if oracle is None else r["before"]["ca"] - oracle["ca"],
+        "refit_asr": refit["asr"] if refit is not None and refit["point"] == s["chosen"].get("point") else None,
+    }
+
+
+def refit_asr(scored: list[dict]) -> str:
+    """Mean ASR of the chosen models once their class biases are refitted (— for results saved before the check)."""
+    found = [s["refit_asr"] for s in scored if s["refit_asr"] is not None]
+    return pct(sum(found) / len(found)) if found and len(found) == len(scored) else "—"
 
 
 def oracle_drop(scored: list[dict]) -> str:
@@ -142,9 +156,9 @@ def oracle_drop(scored: list[dict]) -> str:
 
 def table(results: dict[str, list[dict]], prune) -> str:
     lines = [
-        "| lever | clean after (learnt) | possible (oracle) | mean CA drop | mean oracle CA drop | mean ASR after | worse than chance "
-        "| target named | false alarms | zero masks (mean) | s / model |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| lever | clean after (learnt) | possible (oracle) | mean CA drop | mean oracle CA drop | mean ASR after "
+        "| mean ASR after, class biases refitted | worse than chance | target named | false alarms | zero masks (mean) | s / model |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for lever, rs in results.items():
         scored = [(r, score(r, prune)) for r in rs]
@@ -155,7 +169,7 @@ def table(results: dict[str, list[dict]], prune) -> str:
         lines.append(
             f"| {lever} | {sum(s['clean_after'] for s in learnt)} / {len(learnt)} | {sum(s['oracle_clean'] for s in learnt)} / {len(learnt)} | "
             f"{pct(mean([s['ca_drop'] for s in learnt]))} | {oracle_drop(learnt)} | {pct(mean([s['chosen']['asr'] for s in learnt]))} | "
-            f"{sum(s['worse_than_chance'] for s in learnt)} | "
+            f"{refit_asr(learnt)} | {sum(s['worse_than_chance'] for s in learnt)} | "
             f"{sum(s['detected'] for s in bd)} / {len(bd)} | {sum(s['detected'] for s in clean)} / {len(clean)} | "
             f"{mean([r['masks']['zero'] for r in rs]):.0f} | {mean([r['seconds']['total'] for r in rs]):.0f} |"
         )

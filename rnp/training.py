@@ -85,3 +85,30 @@ def fit(
         if on_epoch is not None:
             on_epoch(epoch, stats)
     return model
+
+
+def fit_parameters(
+    model: nn.Module,
+    params: list[nn.Parameter],
+    data: DeviceData,
+    epochs: int,
+    lr: float,
+    gen: torch.Generator,
+    after_step: Callable[[], None] | None = None,
+) -> None:
+    """Adam on `params` alone: every other parameter frozen meanwhile, BN on its running statistics, no augmentation."""
+    trainable = [q for q in model.parameters() if q.requires_grad]
+    for q in trainable:
+        q.requires_grad_(False)
+    for q in params:
+        q.requires_grad_(True)
+    optimizer = torch.optim.Adam(params, lr=lr)
+    try:
+        for _ in range(epochs):
+            run_epoch(model, data, optimizer, 128, gen, AugmentParams(), after_step=after_step, train_mode=False)
+    finally:
+        for q in params:
+            q.requires_grad_(False)
+        for q in trainable:
+            q.requires_grad_(True)
+        model.eval()

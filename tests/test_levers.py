@@ -28,7 +28,11 @@ def test_a_lever_counts_clean_after_only_within_two_points_and_scores_detection_
     assert not score(clean, prune)["learnt"] and score(clean, prune)["detected"]
     row = table({"lever": [cleaned, costly, clean]}, prune).splitlines()[2]
     # CA drops 1 and 5 points; ASR 2 % and 0 %; the oracle (best CA at ASR <= 5 %) could clean only the first: 1 and 4 points
-    assert row == "| lever | 1 / 2 | 1 / 2 | 3.0 | 2.5 | 1.0 | 0 | 1 / 2 | 1 / 1 | 3 | 10 |"
+    assert row == "| lever | 1 / 2 | 1 / 2 | 3.0 | 2.5 | 1.0 | — | 0 | 1 / 2 | 1 / 1 | 3 | 10 |"  # — : saved without the bias check
+    cleaned["bias_refit"] = {"point": 0.0, "ca": 0.92, "asr": 0.9}  # the check at the chosen point (t = 0)
+    costly["bias_refit"] = {"point": 0.05, "ca": 0.9, "asr": 0.5}
+    assert score(cleaned, prune)["refit_asr"] == 0.9
+    assert table({"lever": [cleaned, costly, clean]}, prune).splitlines()[2].split(" | ")[6] == "70.0"
     assert score(cleaned, prune)["oracle_clean"] and not score(costly, prune)["oracle_clean"]
 
 

@@ -1,14 +1,15 @@
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..config import AugmentParams, PruneParams
+from ..config import PruneParams
 from ..data import DeviceData
-from ..training import run_epoch, seeded_generator
+from ..training import fit_parameters, seeded_generator
 from .recover import channel_view
 
 __all__ = [
@@ -23,6 +24,8 @@ __all__ = [
     "select_auto",
     "oracle_point",
     "constant_fitter",
+    "classifier",
+    "refit_classifier_bias",
 ]
 
 Refit = Callable[[dict[str, torch.Tensor]], None]  # called with the pruned channels after every pruning
@@ -156,27 +159,14 @@ def constant_fitter(model: nn.Module, layers: dict[str, nn.Module], clean: Devic
         fitted = {name: c.to(biases[name].device) for name, c in chosen.items() if name in biases and bool(c.any())}
         if not fitted:
             return
-        trainable = [q for q in model.parameters() if q.requires_grad]
-        for q in trainable:
-            q.requires_grad_(False)
-        params = [layers[name].bias.requires_grad_(True) for name in fitted]
 
         @torch.no_grad()
         def keep_the_rest() -> None:  # only the pruned channels' constants move
             for name, c in fitted.items():
                 layers[name].bias.copy_(torch.where(c, layers[name].bias, biases[name]))
 
-        optimizer = torch.optim.Adam(params, lr=p.fit_lr)
-        gen = seeded_generator(seed)
-        try:
-            for _ in range(p.fit_epochs):
-                run_epoch(model, clean, optimizer, 128, gen, AugmentParams(), after_step=keep_the_rest, train_mode=False)
-        finally:
-            for q in params:
-                q.requires_grad_(False)
-            for q in trainable:
-                q.requires_grad_(True)
-        model.eval()
+        params = [layers[name].bias for name in fitted]
+        fit_parameters(model, params, clean, p.fit_epochs, p.fit_lr, seeded_generator(seed), keep_the_rest)
 
     return refit
 
@@ -253,3 +243,25 @@ def oracle_point(curve: list[dict], max_asr: float) -> int:
     if ok:
         return max(ok, key=lambda i: (curve[i]["ca"], -i))
     return min(range(len(curve)), key=lambda i: (curve[i]["asr"], -curve[i]["ca"]))
+
+
+def classifier(model: nn.Module, num_classes: int) -> nn.Linear | None:
+    """The layer that outputs the logits: the last Linear with one output per class and a bias (None if there is none)."""
+    found = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes and m.bias is not None]
+    return found[-1] if found else None
+
+
+def refit_classifier_bias(model: nn.Module, clean: DeviceData, num_classes: int, p: PruneParams, seed: int) -> nn.Module | None:
+    """A copy of `model` whose classifier biases (one number per class, nothing else) are refitted on clean data.
+
+    A check of a purified model, not a defense: if the backdoor's ASR comes back, pruning
+    did not remove the trigger's path through the network, it shifted the classes' priors
+    away from the target, and any recalibration of the output (fine-tuning, a new class
+    balance) can undo that. None when the model has no such classifier.
+    """
+    refitted = copy.deepcopy(model)
+    head = classifier(refitted, num_classes)
+    if head is None:
+        return None
+    fit_parameters(refitted, [head.bias], clean, p.fit_epochs, p.fit_lr, seeded_generator(seed))
+    return refitted

@@ -32,6 +32,9 @@ def table(m: dict[str, dict], markdown: bool = False) -> str:
         rows.append(("purified (prune)", _pct(prune["ca"]), _pct(prune["asr"]), _pct(prune["ra"]), f"{how}; DER {prune['der']:.3f}"))
         rows.append(("oracle (test labels)", _pct(prune["oracle_ca"]), _pct(prune["oracle_asr"]), "",
                      f"threshold {prune['oracle_threshold']:g}, {prune['oracle_pruned']} channels; for reporting only"))
+        if prune.get("asr_bias_refit") is not None:
+            rows.append(("purified, classifier biases refitted", _pct(prune["ca_bias_refit"]), _pct(prune["asr_bias_refit"]), "",
+                         "a check: does the backdoor come back when only the class biases are refitted on the clean images?"))
     if markdown:
         lines = ["| " + " | ".join(r) + " |" for r in rows]
         return "\n".join([lines[0], "|---|---:|---:|---:|---|", *lines[1:]])
