@@ -37,8 +37,9 @@ import torch
 from rnp.compute import resolve_compute
 from rnp.config import PruneParams, config_from_dict, with_overrides
 from rnp.data import DeviceData, ImageSet
-from rnp.defense import choose_point, detect_target
+from rnp.defense import choose_point, detect_target, refit_classifier_bias
 from rnp.io import atomic_write_bytes, json_bytes, read_json
+from rnp.metrics import accuracy, attack_metrics
 from rnp.models import load_model
 from rnp.presets import get_preset
 from rnp.stages import STAGES, poison, prune, recover, train, unlearn
@@ -143,6 +144,31 @@ def detection(poison_dir: Path, unlearn_dir: Path, device: torch.device) -> dict
     return {"backdoored": d.backdoored, "target": d.target, "score": d.score, "unlearned_acc": acc}
 
 
+def bias_check(cfg, poison_dir: Path, prune_dir: Path) -> dict:
+    """The purified model with only its classifier biases refitted on the defense images: CA and ASR on the full test sets."""
+    fit, info, _ = load_imageset(poison_dir / "defense.safetensors")
+    test, _, _ = load_imageset(poison_dir / "test_clean.safetensors")
+    trig, _, extra = load_imageset(poison_dir / "test_poison.safetensors", "targets")
+    compute = resolve_compute(cfg.device, cfg.precision)
+    model, _, _ = load_model(prune_dir / "model.safetensors")
+    check = refit_classifier_bias(compute.place(model).eval(), info.to_device(fit, compute), info.num_classes, cfg.prune, cfg.seed)
+    return {"ca": accuracy(check, info.to_device(test, compute)), **attack_metrics(check, info.to_device(trig, compute), extra["targets"])}
+
+
+def backfill_bias_check(params: dict, cell_path: Path, work: Path) -> None:
+    """Cells saved before the check was made: add it from the cached purified model (the one the cell measured)."""
+    cell = read_json(cell_path)
+    if "bias_refit" in cell:
+        return
+    cfg = cell_config(params, cell["arch"], cell["attack"], cell["seed"], cell["defense"], cell.get("settings"))
+    top = work / cell["attack"] / f"seed{cell['seed']}"
+    prune_dir = top / cell["arch"] / cell["defense"] / "prune"
+    if not (prune_dir / "model.safetensors").exists():
+        return
+    cell["bias_refit"] = bias_check(cfg, top / "poison", prune_dir)
+    atomic_write_bytes(cell_path, json_bytes(cell))
+
+
 def run_cell(params: dict, arch: str, attack: str, seed: int, defense: str, extra: dict, work: Path, results: Path) -> dict:
     cfg = cell_config(params, arch, attack, seed, defense, extra)
     top = work / attack / f"seed{seed}"
@@ -161,6 +187,7 @@ def run_cell(params: dict, arch: str, attack: str, seed: int, defense: str, extr
         "holdout_n": m["holdout_size"],
         "curve": curve,
         "detection": detection(p, d / "unlearn", resolve_compute(cfg.device, "fp32").device),
+        "bias_refit": bias_check(cfg, p, d / "prune"),
         "unlearn": read_json(d / "unlearn" / "metrics.json"),
         "seconds": seconds,
         "settings": extra,
@@ -195,6 +222,8 @@ def score(cell: dict, prune: PruneParams) -> dict:
         # could any threshold have done it? (the oracle reads test labels: an upper bound on every selection rule)
         "oracle_clean": oracle is not None and oracle["ca"] >= before["ca"] - CA_BUDGET - 1e-9,
         "worse_than_chance": chosen["ca"] < 0.1,
+        # still clean once the class biases are refitted on the clean images (None: saved without the check)
+        "holds": None if "bias_refit" not in cell else chosen["asr"] <= MAX_ASR and cell["bias_refit"]["asr"] <= MAX_ASR,
         "detected": det["backdoored"] and (not backdoored or det["target"] == cell["target"]),
     }
 
@@ -205,8 +234,9 @@ def pct(v: float) -> str:
 
 def markdown(cells: list[dict], prune: PruneParams) -> str:
     lines = [
-        "| cell | before CA / ASR / RA | auto t | after CA / ASR / RA | oracle t: CA / ASR | detection | s | clean after |",
-        "|---|---:|---:|---:|---:|---|---:|:---:|",
+        "| cell | before CA / ASR / RA | auto t | after CA / ASR / RA | class biases refitted: CA / ASR | oracle t: CA / ASR | detection | s "
+        "| clean after |",
+        "|---|---:|---:|---:|---:|---:|---|---:|:---:|",
     ]
     scored = []
     for c in cells:
@@ -215,13 +245,14 @@ def markdown(cells: list[dict], prune: PruneParams) -> str:
         b, ch, o, det = c["before"], s["chosen"], s["oracle"], c["detection"]
         t = "none" if ch["threshold"] is None else f"{ch['threshold']:.2f}"
         oracle = f"{o['threshold']:.2f}: {pct(o['ca'])} / {pct(o['asr'])}" if o else "—"
+        refit = f"{pct(c['bias_refit']['ca'])} / {pct(c['bias_refit']['asr'])}" if "bias_refit" in c else "—"
         verdict = f"target {det['target']} ({pct(det['score'])} %)" if det["backdoored"] else "no evidence"
         verdict = verdict if s["detected"] or c["attack"] == CLEAN else f"**{verdict}**"
         verdict = f"**{verdict}**" if c["attack"] == CLEAN and det["backdoored"] else verdict
         outcome = "—" if c["attack"] == CLEAN else "not learnt" if not s["learnt"] else "yes" if s["clean_after"] else "**no**"
         lines.append(
             f"| {c['arch']} × {c['attack']}, seed {c['seed']} | {pct(b['ca'])} / {pct(b['asr'])} / {pct(b['ra'])} | {t} | "
-            f"{pct(ch['ca'])} / {pct(ch['asr'])} / {pct(ch['ra'])} | {oracle} | {verdict} | {sum(c['seconds'].values()):.0f} | {outcome} |"
+            f"{pct(ch['ca'])} / {pct(ch['asr'])} / {pct(ch['ra'])} | {refit} | {oracle} | {verdict} | {sum(c['seconds'].values()):.0f} | {outcome} |"
         )
     return "\n".join(lines) + "\n\n" + summary(scored)
 
@@ -236,6 +267,8 @@ def summary(scored: list[tuple[dict, dict]]) -> str:
         f"{len(learnt)}** learnt cells ({len(backdoored) - len(learnt)} not learnt: ASR before < {LEARNT:.0%}); "
         f"worse than chance after: {sum(s['worse_than_chance'] for s in learnt)}; "
         f"a threshold that meets it exists (oracle, test labels) in {sum(s['oracle_clean'] for s in learnt)} of {len(learnt)}. "
+        f"ASR ≤ 5 % that survives a refit of the classifier's biases: {sum(bool(s['holds']) for s in learnt)} of "
+        f"{sum(s['holds'] is not None for s in learnt)} checked. "
         f"Target named on **{sum(s['detected'] for s in backdoored)} of {len(backdoored)}** backdoored models; "
         f"false alarms on **{sum(s['detected'] for s in clean)} of {len(clean)}** clean models. "
         f"Held-out images: {', '.join(map(str, holdout))}."
@@ -278,6 +311,8 @@ def main(argv: list[str] | None = None) -> str:
                 start = time.perf_counter()
                 run_cell(params, arch, attack, seed, args.defense, extra, args.work, args.results)
                 print(f"{cell_name(arch, attack, seed)} ({args.defense}): {time.perf_counter() - start:.0f} s", flush=True)
+        for path in sorted((args.results / args.defense).glob("*.json")):
+            backfill_bias_check(params, path, args.work)
     cfg = cell_config(params, args.archs[0], args.attacks[0], args.seeds[0], args.defense, extra)
     cells = load_cells(args.results, args.defense, args.archs, args.attacks, args.seeds)
     table = markdown(cells, cfg.prune)
