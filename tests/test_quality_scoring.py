@@ -1,0 +1,34 @@
+"""benchmarks/quality.py: how a saved cell is scored (pure, on hand-made cells)."""
+
+from benchmarks.quality import markdown, score
+from rnp.config import PruneParams
+
+
+def _cell(attack: str, curve: list[tuple[float, float, float]], refit: tuple[float, float] | None = None) -> dict:
+    rows = [{"point": i * 0.05, "threshold": i * 0.05, "pruned": 10 * i, "holdout_acc": h, "ca": ca, "asr": asr, "ra": 0.0}
+            for i, (h, ca, asr) in enumerate(curve)]
+    cell = {
+        "arch": "small_cnn", "attack": attack, "seed": 0, "target": 0, "holdout_n": 204,
+        "before": {"holdout_acc": 0.95, "ca": 0.92, "asr": 1.0, "ra": 0.0},
+        "curve": rows, "seconds": {"train": 10.0},
+        "detection": {"backdoored": True, "target": 0, "score": 0.5},
+    }
+    if refit is not None:
+        cell["bias_refit"] = {"ca": refit[0], "asr": refit[1]}
+    return cell
+
+
+def test_the_oracle_says_whether_any_threshold_could_meet_the_target_and_the_refit_whether_it_holds():
+    prune = PruneParams(max_clean_drop=0.01)
+    holds = _cell("badnets", [(0.95, 0.91, 0.02)], refit=(0.92, 0.03))
+    comes_back = _cell("trojan", [(0.95, 0.91, 0.02)], refit=(0.92, 0.70))
+    out_of_reach = _cell("blend", [(0.95, 0.91, 0.60), (0.80, 0.70, 0.01)])  # ASR goes only 22 points below the model
+    s = score(holds, prune)
+    assert s["clean_after"] and s["oracle_clean"] and s["holds"] is True
+    assert score(comes_back, prune)["clean_after"] and score(comes_back, prune)["holds"] is False
+    s = score(out_of_reach, prune)
+    assert not s["clean_after"] and not s["oracle_clean"] and s["holds"] is None  # saved without the check
+    text = markdown([holds, comes_back, out_of_reach], prune)
+    assert "| 92.0 / 70.0 |" in text and "| — |" in text
+    assert "a threshold that meets it exists (oracle, test labels) in 2 of 3" in text
+    assert "ASR ≤ 5 % that survives a refit of the classifier's biases: 1 of 2 checked" in text
