@@ -31,6 +31,7 @@ from rnp.defense import constant_fitter, decide_pruning, detect_target, mask_lay
 from rnp.io import atomic_write_bytes, json_bytes, read_json
 from rnp.metrics import accuracy, attack_metrics
 from rnp.models import load_model
+from rnp.plots import sweeps_png
 from rnp.stages._common import load_imageset
 from rnp.training import seeded_generator
 
@@ -41,6 +42,7 @@ from .quality import score as quality_score
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "levers"
 DOC = ROOT / "docs" / "quality.md"
+CONSTANTS_PNG = ROOT / "docs" / "img" / "constants.png"
 SUBSET = 2000  # test images per set (clean and triggered), drawn once with seed 0
 # name -> defense overrides on top of the benchmark's setting (the reference's rates)
 LEVERS: dict[str, dict[str, object]] = {
@@ -59,6 +61,17 @@ LEVERS: dict[str, dict[str, object]] = {
     "fill_fit": {"prune.fill": "fit"},
     "fill_fit_recover_epochs_5": {"prune.fill": "fit", "recover.epochs": 5},
 }
+
+
+def constants_png(results: dict[str, list[dict]]) -> bytes | None:
+    """BadNets sweeps with the trained biases (the reference's pruning) and with the pruned channels' constants fitted."""
+    panels = {}
+    for arch in ("small_cnn", "wrn16_1"):
+        for lever, how in (("recover_epochs_5", "bias kept"), ("fill_fit_recover_epochs_5", "prune.fill fit")):
+            r = next((r for r in results.get(lever, []) if (r["arch"], r["attack"], r["seed"]) == (arch, "badnets", 0)), None)
+            if r is not None:
+                panels[f"{arch} × BadNets, 5 recovery epochs, {how}"] = r["curve"]
+    return sweeps_png(panels) if len(panels) == 4 else None
 
 
 def cached_models(params: dict, work: Path, archs, attacks, seeds) -> list[tuple[str, str, int]]:
@@ -250,6 +263,9 @@ def main(argv: list[str] | None = None) -> str:
     print(text)
     if not args.no_doc:
         write_marked(text, DOC, "levers")
+        png = constants_png(results)
+        if png is not None:
+            atomic_write_bytes(CONSTANTS_PNG, png)
     return text
 
 

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-__all__ = ["trigger_png", "masks_png", "curve_png", "bars_png"]
+__all__ = ["trigger_png", "masks_png", "curve_png", "sweeps_png", "bars_png"]
 
 
 def _png(fig) -> bytes:
@@ -91,6 +91,25 @@ def curve_png(rows: list[dict], x: str, selected: int | None, oracle: int | None
     ax.set_ylim(-2, 108)
     ax.legend(fontsize=7, loc="center left")
     ax.set_title("RNP pruning sweep", fontsize=9)
+    return _png(fig)
+
+
+def sweeps_png(panels: dict[str, list[dict]], columns: int = 2) -> bytes:
+    """Threshold sweeps side by side, one panel per title: CA, ASR and held-out accuracy against t."""
+    rows_n = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows_n, columns, figsize=(4.2 * columns, 3.3 * rows_n), squeeze=False, sharey=True)
+    for ax, (title, rows) in zip(axes.flat, panels.items()):
+        for key, (label, style) in SERIES.items():
+            if key in rows[0]:
+                ax.plot([r["threshold"] for r in rows], [100 * r[key] for r in rows], style, ms=3, label=label)
+        ax.set_title(title, fontsize=8)
+        ax.set_ylim(-2, 104)
+        ax.set_xlabel("mask threshold", fontsize=7)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    axes[0, 0].set_ylabel("%")
+    axes[0, 0].legend(fontsize=6, loc="lower left")
+    fig.tight_layout()
     return _png(fig)
 
 

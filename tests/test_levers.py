@@ -58,3 +58,15 @@ def test_the_consistent_detection_rule_needs_the_same_leader_from_the_first_epoc
     assert detection_rules(wandering) == {"current": (True, 0), "consistent": (False, 0)}
     table = detection_table([steady, wandering, model("blend", 1, [6, 1])])
     assert "| current | 2 / 2 | 1 / 1 |" in table and "| consistent | 1 / 2 | 0 / 1 |" in table
+
+
+def test_the_constants_figure_needs_all_four_badnets_sweeps():
+    from benchmarks.levers import constants_png
+
+    def sweep(arch: str) -> dict:
+        return {**_result("badnets", [(0.95, 0.91, 0.3), (0.9, 0.85, 0.01)]), "arch": arch}
+
+    full = {lever: [sweep("small_cnn"), sweep("wrn16_1")] for lever in ("recover_epochs_5", "fill_fit_recover_epochs_5")}
+    png = constants_png(full)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert constants_png({**full, "fill_fit_recover_epochs_5": [sweep("small_cnn")]}) is None  # a panel missing: no half figure
