@@ -114,6 +114,20 @@ def test_lc_pgd_stays_within_eps_and_raises_the_surrogate_loss():
     assert loss(hard) > loss(images)
 
 
+def test_lc_can_leave_a_black_background_black():
+    """On Fashion-MNIST a perturbed black background is learnt as the target class itself (docs/quality.md)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10))
+    images = torch.zeros((8, 1, 32, 32), dtype=torch.uint8)
+    images[:, :, 8:24, 8:24] = torch.randint(1, 256, (8, 1, 16, 16), dtype=torch.uint8)  # an object on black
+    labels = torch.randint(0, 10, (8,))
+    everywhere = pgd_away(model, images, labels, eps=16.0, steps=5, mean=(0.5,), std=(0.25,))
+    on_object = pgd_away(model, images, labels, eps=16.0, steps=5, mean=(0.5,), std=(0.25,), background=False)
+    black = images == 0
+    assert (everywhere[black] > 0).any()  # the default perturbs the background too (Turner et al., on CIFAR)
+    assert (on_object[black] == 0).all() and (on_object[~black] != images[~black]).any()
+
+
 def test_wanet_warp_is_small_and_noise_mode_adds_correctly_labelled_cover():
     cfg, pd = poisoned("wanet")
     assert _test_change(pd).mean() < 8  # imperceptible on average

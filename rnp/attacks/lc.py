@@ -10,17 +10,23 @@ from .base import AttackContext, Trigger, check_fits, register_attack
 __all__ = ["LcParams", "lc", "pgd_away"]
 
 
-def pgd_away(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, steps: int, mean, std) -> torch.Tensor:
-    """L-inf PGD that pushes images away from their true labels (uint8 in and out, eps on the 0..255 scale)."""
+def pgd_away(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, steps: int, mean, std, background: bool = True
+) -> torch.Tensor:
+    """L-inf PGD that pushes images away from their true labels (uint8 in and out, eps on the 0..255 scale).
+
+    background=False leaves pixels that are 0 in every channel untouched.
+    """
     mean = torch.tensor(mean).view(1, -1, 1, 1)
     std = torch.tensor(std).view(1, -1, 1, 1)
     x0, eps = images.float() / 255, eps / 255
+    where = torch.ones_like(x0) if background else (images > 0).any(1, keepdim=True).float().expand_as(x0)
     delta, step = torch.zeros_like(x0), 2.5 * eps / steps
     for _ in range(steps):
         delta.requires_grad_(True)
         loss = nn.functional.cross_entropy(model((x0 + delta - mean) / std), labels)
         (grad,) = torch.autograd.grad(loss, delta)
-        delta = (delta.detach() + step * grad.sign()).clamp(-eps, eps)
+        delta = (delta.detach() + step * grad.sign() * where).clamp(-eps, eps)
         delta = (x0 + delta).clamp(0, 1) - x0
     return ((x0 + delta) * 255).round().to(torch.uint8)
 
@@ -29,6 +35,9 @@ class LcParams(Section):
     eps: Positive = 16.0  # L-inf budget of the adversarial perturbation, 0..255 scale (Turner et al.: 16/255)
     steps: Count = 10  # PGD steps against the attacker's clean surrogate model
     size: Count = 3  # checkerboard trigger side, stamped in all four corners
+    # false: leave black pixels alone. On black backgrounds (Fashion-MNIST) a perturbed background is
+    # itself a feature the model learns for the target class, and the trigger is then never learnt
+    perturb_background: bool = True
 
 
 @register_attack("lc", LcParams, modes=("all_to_one",), clean_label=True)
@@ -46,7 +55,8 @@ def lc(ctx: AttackContext) -> Trigger:
     def poison(images: torch.Tensor) -> torch.Tensor:
         # clean-label: these are target-class images and keep that label
         labels = torch.full((images.shape[0],), ctx.params.target, dtype=torch.long)
-        hard = torch.cat([pgd_away(ctx.surrogate, x, y, p.eps, p.steps, ctx.mean, ctx.std) for x, y in zip(images.split(256), labels.split(256))])
+        hard = torch.cat([pgd_away(ctx.surrogate, x, y, p.eps, p.steps, ctx.mean, ctx.std, p.perturb_background)
+                          for x, y in zip(images.split(256), labels.split(256))])
         return corners(hard)
 
     return Trigger(test=corners, train=poison)
