@@ -89,7 +89,10 @@ def test_a_grid_cell_and_dvc_repro_give_identical_metrics_and_the_summary_and_re
 
     rows = (repo / "results/summary.csv").read_text().splitlines()
     assert len(rows) == 2 and rows[0].startswith("dataset,attack,arch,seed,defense,ca_before")
-    assert "| digits | badnets | small_cnn | 0 | default |" in (repo / "results/summary.md").read_text()
+    summary = (repo / "results/summary.md").read_text()
+    assert "| digits | badnets | small_cnn | 0 | default |" in summary
+    refit = json.loads((cell / "prune/metrics.json").read_text())["asr_bias_refit"]
+    assert summary.splitlines()[2].split(" | ")[-2] == f"{100 * refit:.1f}"  # the bias-refit check reaches the grid's table
     assert (repo / "results/summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     smk(["--configfile", str(config), "--report", "report.html"], repo, env)
     html = (repo / "report.html").read_text(errors="replace")
