@@ -157,7 +157,7 @@ def bias_check(cfg, poison_dir: Path, prune_dir: Path) -> dict:
 
 
 def backfill_bias_check(params: dict, cell_path: Path, work: Path) -> None:
-    """Cells saved before the check was made: add it from the cached purified model (the one the cell measured)."""
+    """Cells saved before the prune stage made the check: add it from the cached purified model (the one the cell measured)."""
     cell = read_json(cell_path)
     if "bias_refit" in cell:
         return
@@ -188,7 +188,7 @@ def run_cell(params: dict, arch: str, attack: str, seed: int, defense: str, extr
         "holdout_n": m["holdout_size"],
         "curve": curve,
         "detection": detection(p, d / "unlearn", resolve_compute(cfg.device, "fp32").device),
-        "bias_refit": bias_check(cfg, p, d / "prune"),
+        "bias_refit": {"ca": m["ca_bias_refit"], "asr": m["asr_bias_refit"]},  # the prune stage's own check
         "unlearn": read_json(d / "unlearn" / "metrics.json"),
         "seconds": seconds,
         "settings": extra,

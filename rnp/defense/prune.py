@@ -133,7 +133,11 @@ def apply_pruning(layers: dict[str, nn.Module], original: dict[str, torch.Tensor
 def prune_at(layers: dict[str, nn.Module], masks: dict[str, torch.Tensor], sweep: str, point: float, refit: Refit | None = None) -> None:
     """Prune the (unpruned) layers in place at one sweep point: the chosen point, after a sweep."""
     original = {name: layer.weight.detach().clone() for name, layer in layers.items()}
-    chosen = pruning_sets(masks, sweep, [point])[0]
+    _prune(layers, original, pruning_sets(masks, sweep, [point])[0], refit)
+
+
+def _prune(layers: dict[str, nn.Module], original: dict[str, torch.Tensor], chosen: dict[str, torch.Tensor], refit: Refit | None) -> None:
+    """apply_pruning, then (prune.fill fit) the chosen channels' constants; no channel chosen restores the trained biases."""
     apply_pruning(layers, original, chosen)
     if refit is not None:
         refit(chosen)
@@ -202,16 +206,11 @@ def sweep_curve(
         values = torch.cat([masks[n][c.to(masks[n].device)] for n, c in chosen.items()])
         key = tuple(torch.cat(list(chosen.values())).nonzero().flatten().tolist())
         if key != last_key:
-            apply_pruning(layers, original, chosen)
-            if refit is not None:
-                refit(chosen)
+            _prune(layers, original, chosen, refit)
             last, last_key = measure(), key
         threshold = point if sweep == "threshold" else (values.max().item() if values.numel() else 0.0)
         rows.append({"point": point, "threshold": threshold, "pruned": int(values.numel()), **last})
-    nothing = {n: torch.zeros_like(m, dtype=torch.bool) for n, m in masks.items()}
-    apply_pruning(layers, original, nothing)
-    if refit is not None:
-        refit(nothing)  # restores the biases
+    _prune(layers, original, {n: torch.zeros_like(m, dtype=torch.bool) for n, m in masks.items()}, refit)
     return rows
 
 

@@ -49,10 +49,11 @@ def run(cfg: Config, poison_dir: Path, train_dir: Path, recover_dir: Path, out: 
     def measure() -> dict:
         return {"holdout_acc": accuracy(model, holdout), "ca": accuracy(model, test), **attack_metrics(model, triggered, targets)}
 
-    # the sweep chooses from clean held-out data only; the oracle looks at test data and is for reporting
-    start = time.perf_counter()
     fit_set, _, _ = load_imageset(poison_dir / "defense.safetensors")  # the images unlearn and recover used
     fit = info.to_device(fit_set, compute)
+
+    # the sweep chooses from clean held-out data only; the oracle looks at test data and is for reporting
+    start = time.perf_counter()
     refit = constant_fitter(model, layers, fit, p, cfg.seed) if p.fill == "fit" else None
     decision = decide_pruning(layers, masks, p, measure, progress=lambda it: progress(it, "prune"), refit=refit)
     seconds = time.perf_counter() - start
