@@ -276,6 +276,11 @@ def summary(scored: list[tuple[dict, dict]]) -> str:
     )
 
 
+def doc_marker(defense: str, archs: list[str]) -> str:
+    """The docs section a table goes to: the CPU architectures' own, or one per other set (the GPU's resnet18 row)."""
+    return f"quality-{defense}" if list(archs) == CPU_ARCHS else f"quality-{defense}-{'-'.join(archs)}"
+
+
 def load_cells(results: Path, defense: str, archs, attacks, seeds) -> list[dict]:
     cells = []
     for seed, attack, arch in itertools.product(seeds, attacks, archs):
@@ -319,7 +324,7 @@ def main(argv: list[str] | None = None) -> str:
     table = markdown(cells, cfg.prune)
     print(table)
     if not args.no_doc:
-        write_marked(table, DOC, f"quality-{args.defense}")
+        write_marked(table, DOC, doc_marker(args.defense, args.archs))
     return table
 
 

@@ -48,3 +48,32 @@ def test_cuda_without_a_gpu_is_one_line_and_never_a_silent_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RnpError, match="device 'cuda' asked for in params, but no CUDA device is available"):
         resolve_compute("cuda", "auto")
+
+
+def test_a_baseline_stopped_at_its_budget_keeps_its_finished_phases_and_claims_no_ratio():
+    from benchmarks.speed import speed_table
+
+    result = {"workload": "c", "gpu": "H100", "n_train": 1000, "rnp": {"bf16": {"train": 2.0, "unlearn": 1.0, "recover": 1.0, "prune": 2.0}},
+              "baseline": {"train": 20.0}, "distinct_points": {}}
+    rows = {line.split(" | ")[1]: line for line in speed_table([result]).splitlines()[2:]}
+    assert "**10.0×**" in rows["train"]  # the finished phase gets its ratio
+    assert rows["**defense** (unlearn + recover + prune)"].endswith("| 4.0 | — | — |")  # no baseline defense, no ratio
+    assert rows["training, images/s"].endswith("| 500 | 50 | 10.0× |")
+
+
+def test_the_gpu_quality_part_resumes_from_committed_cells_and_sends_back_only_new_ones(tmp_path, monkeypatch):
+    import benchmarks.device_check as dc
+
+    committed = tmp_path / "repo" / "benchmarks" / "results" / "quality" / "reference"
+    committed.mkdir(parents=True)
+    (committed / "resnet18-badnets-seed0.json").write_text("{}")
+    (committed / "small_cnn-badnets-seed0.json").write_text("{}")  # a CPU cell: not the GPU part's business
+    monkeypatch.setattr(dc, "ROOT", tmp_path / "repo")
+    work, out = tmp_path / "work", tmp_path / "out"
+    names = dc.seed_quality_results(False, work)
+    assert names == {"resnet18-badnets-seed0.json"}
+    assert sorted(p.name for p in (work / "quality-results" / "reference").iterdir()) == ["resnet18-badnets-seed0.json"]
+    (work / "quality-results" / "reference" / "resnet18-blend-seed0.json").write_text("{}")  # what the part ran
+    dc.send_back_new_cells(work, out, names)
+    assert [p.relative_to(out).as_posix() for p in out.rglob("*.json")] == ["quality/reference/resnet18-blend-seed0.json"]
+    assert dc.seed_quality_results(True, tmp_path / "dry") == set()  # the dry run starts empty
