@@ -1,0 +1,211 @@
+"""Screening a different channel ranking (issue 14): channels that push clean images to the suspected target.
+
+    python -m benchmarks.ranking wrn16_1:badnets small_cnn:trojan ...   # cells benchmarks.quality has made (seed 0)
+    python -m benchmarks.ranking --table-only                           # the table from the saved results
+
+RNP ranks BN channels by their recovered masks. The quality benchmark found that no
+threshold of any mask lever cleans a cell, so the ranking itself fails. This screen
+ranks channels instead by a first-order (Taylor) estimate of how much each one raises
+log p(suspected target) on the defender's clean images of the other classes:
+activation × gradient, summed over positions and averaged over images. The
+suspected target is `rnp defend`'s detection, so no test label is used to rank.
+Two models are scored: the unlearned one (batch statistics, as unlearning saw the
+data: it sends clean images to the target) and the original one. Each ranking then
+prunes its top k channels in the original model, as RNP prunes (BN weight 0, bias kept),
+and test CA / ASR are measured at every k: an oracle sweep, to see whether any k could
+meet the target before building a selection rule for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rnp.config import PruneParams
+from rnp.data import DeviceData, ImageSet
+from rnp.defense.prune import apply_pruning, constant_fitter, refit_classifier_bias
+from rnp.defense.recover import bn_layers
+from rnp.defense.rnp_defense import detect_target
+from rnp.io import atomic_write_bytes, json_bytes, load_tensors, read_json
+from rnp.models.base import load_model
+from rnp.stages._common import load_imageset
+
+from .effectiveness import write_marked
+from .quality import WORK
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "ranking"
+DOC = ROOT / "docs" / "quality.md"
+KS = [4, 8, 12, 16, 24, 32]
+TEST_IMAGES = 2000
+
+
+def target_scores(model: nn.Module, clean: DeviceData, target: int, batch_stats: bool) -> dict[str, torch.Tensor]:
+    """Per BN channel: activation × d log p(target) / d activation, over the clean images not of `target`."""
+    model = copy.deepcopy(model).train(batch_stats)
+    outputs: dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        def hook(_module, _inputs, output):
+            output.retain_grad()
+            outputs[name] = output
+        return hook
+
+    hooks = [layer.register_forward_hook(keep(name)) for name, layer in bn_layers(model).items()]
+    others = clean.normalise(clean.images[clean.labels != target])
+    torch.log_softmax(model(others).float(), 1)[:, target].mean().backward()
+    for h in hooks:
+        h.remove()
+    return {name: (out * out.grad).sum(dim=(0, 2, 3)).detach() / others.shape[0] for name, out in outputs.items()}
+
+
+def iterative_scores(unlearned: nn.Module, clean: DeviceData, target: int, k_max: int, step: int = 4) -> dict[str, torch.Tensor]:
+    """Greedy: score, prune the `step` best in the unlearned model, score again; a channel's score is its rank from
+    the end (the first chosen highest), so `top_channels(scores, k)` takes the first k chosen."""
+    model = copy.deepcopy(unlearned)
+    layers = bn_layers(model)
+    order = {name: torch.full((len(layer.weight),), -1.0) for name, layer in layers.items()}
+    taken = 0
+    while taken < k_max:
+        scores = target_scores(model, clean, target, batch_stats=True)
+        for name in scores:
+            scores[name][order[name] >= 0] = -torch.inf
+        chosen = top_channels(scores, step)
+        with torch.no_grad():
+            for name, c in chosen.items():
+                layers[name].weight[c] = 0.0
+                order[name][c] = float(k_max - taken)
+        taken += step
+    return order
+
+
+def top_channels(scores: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
+    """Per layer, a bool mask of the channels among the k highest scores overall."""
+    flat = torch.cat(list(scores.values()))
+    chosen = torch.zeros_like(flat, dtype=torch.bool)
+    chosen[torch.argsort(flat, descending=True)[:k]] = True
+    return dict(zip(scores, chosen.split([len(s) for s in scores.values()])))
+
+
+def prune_top(model: nn.Module, scores: dict[str, torch.Tensor], k: int, fit_on: DeviceData | None = None) -> nn.Module:
+    """A copy of `model` with its k highest-scoring BN channels pruned as RNP prunes (weight 0, bias kept), or with
+    `fit_on` their constants fitted on those clean images (`prune.fill: fit`)."""
+    pruned = copy.deepcopy(model)
+    layers = bn_layers(pruned)
+    chosen = top_channels(scores, k)
+    apply_pruning(layers, {name: layer.weight.detach().clone() for name, layer in layers.items()}, chosen)
+    if fit_on is not None:
+        constant_fitter(pruned, layers, fit_on, PruneParams(), seed=0)(chosen)
+    return pruned
+
+
+@torch.no_grad()
+def share(model: nn.Module, data: DeviceData, target: int | None = None) -> float:
+    """Accuracy, or with `target` the share of images sent to it (ASR)."""
+    model.eval()
+    hits = sum((model(x).argmax(1) == (y if target is None else target)).sum().item() for x, y in data.batches(500))
+    return hits / len(data)
+
+
+def device_data(path: Path, n: int | None = None) -> DeviceData:
+    images, info, _ = load_imageset(path)
+    if n is not None:
+        images = ImageSet(images.images[:n], images.labels[:n])
+    return DeviceData(images, info.mean, info.std, "cpu")
+
+
+def screen_cell(arch: str, attack: str, seed: int = 0, work: Path = WORK, saved: dict | None = None) -> dict:
+    """Every ranking's sweep for one cell; sweeps already in `saved` are kept, not rerun."""
+    top = work / attack / f"seed{seed}"
+    original, _, _ = load_model(top / arch / "train" / "model.safetensors")
+    unlearned, _, _ = load_model(top / arch / "reference" / "unlearn" / "model.safetensors")
+    masks, _ = load_tensors(top / arch / "reference" / "recover" / "masks.safetensors")
+    clean_defense = device_data(top / "poison" / "defense.safetensors")
+    test = device_data(top / "poison" / "test_clean.safetensors", TEST_IMAGES)
+    triggered = device_data(top / "poison" / "test_poison.safetensors", TEST_IMAGES)
+    true_target = read_json(top / "poison" / "params.json")["attack"]["target"]
+    suspected = detect_target(unlearned, clean_defense, 10).target
+    rankings = {
+        "masks (RNP)": {name: 1 - m.flatten().float() for name, m in masks.items()},
+        "push to target, unlearned model": target_scores(unlearned, clean_defense, suspected, batch_stats=True),
+        "push to target, original model": target_scores(original, clean_defense, suspected, batch_stats=False),
+    }
+    fitted = "push to target, unlearned model, constants fitted"
+    rankings["push to target, unlearned model, 4 at a time"] = iterative_scores(unlearned, clean_defense, suspected, max(KS))
+    result = {"arch": arch, "attack": attack, "seed": seed, "target": true_target, "suspected": suspected,
+              "before": [share(original, test), share(original, triggered, true_target)], "test_images": TEST_IMAGES,
+              "sweeps": dict(saved["sweeps"]) if saved else {}}
+    for name, scores in rankings.items():
+        if name in result["sweeps"]:
+            continue
+        result["sweeps"][name] = [[k, share(p := prune_top(original, scores, k), test), share(p, triggered, true_target)] for k in KS]
+        print(f"{arch} × {attack}: {name} done", flush=True)
+    if fitted in result["sweeps"]:
+        return result
+    result["sweeps"][fitted] = []
+    for k in KS:  # the fourth number: ASR once the 10 class biases are refitted (the check of every purified model)
+        pruned = prune_top(original, rankings["push to target, unlearned model"], k, fit_on=clean_defense)
+        check = refit_classifier_bias(pruned, clean_defense, 10, PruneParams(), seed=0)
+        result["sweeps"][fitted].append([k, share(pruned, test), share(pruned, triggered, true_target), share(check, triggered, true_target)])
+    print(f"{arch} × {attack}: {fitted} done", flush=True)
+    return result
+
+
+def meets(before_ca: float, ca: float, asr: float) -> bool:
+    return asr <= 0.05 and ca >= before_ca - 0.02
+
+
+def table(results: list[dict]) -> str:
+    """Per cell and ranking: the best k (highest CA with ASR <= 5 %), and whether it meets the target."""
+    names = list(results[0]["sweeps"]) if results else []
+    lines = ["| cell | before CA / ASR | " + " | ".join(f"{n}: best k, CA / ASR" for n in names) + " |",
+             "|---|---:|" + "---:|" * len(names)]
+    for r in results:
+        ca0, asr0 = r["before"]
+        cells = []
+        for n in names:
+            ok = [p for p in r["sweeps"][n] if p[2] <= 0.05]
+            if not ok:
+                cells.append("never ≤ 5 %")
+                continue
+            best = max(ok, key=lambda p: p[1])
+            k, ca, asr = best[:3]
+            check = f" (class biases refitted: {100 * best[3]:.1f})" if len(best) > 3 else ""
+            cells.append(f"{'**' if meets(ca0, ca, asr) else ''}{k}: {100 * ca:.1f} / {100 * asr:.1f}{'**' if meets(ca0, ca, asr) else ''}{check}")
+        suspected = "" if r["suspected"] == r["target"] else f" (suspected {r['suspected']}, target {r['target']})"
+        lines.append(f"| {r['arch']} × {r['attack']}, seed {r['seed']}{suspected} | {100 * ca0:.1f} / {100 * asr0:.1f} | " + " | ".join(cells) + " |")
+    hits = {n: sum(any(meets(r["before"][0], p[1], p[2]) for p in r["sweeps"][n]) for r in results) for n in names}
+    lines.append("")
+    lines.append(f"Cells where some k meets the target (ASR ≤ 5 %, CA within 2 points; test labels, k = {', '.join(map(str, KS))}): "
+                 + "; ".join(f"{n} {h} of {len(results)}" for n, h in hits.items()) + ".")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("cells", nargs="*", metavar="ARCH:ATTACK", help="seed-0 cells benchmarks.quality has made")
+    ap.add_argument("--work", type=Path, default=WORK)
+    ap.add_argument("--table-only", action="store_true")
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    if not args.table_only:
+        for spec in args.cells:
+            arch, attack = spec.split(":")
+            path = RESULTS / f"{arch}-{attack}-seed0.json"
+            saved = read_json(path) if path.exists() else None
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, json_bytes(screen_cell(arch, attack, 0, args.work, saved)))
+    results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+    text = table(results)
+    print(text)
+    write_marked(text, DOC, "ranking")
+    return text
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""The ranking screen (benchmarks.ranking): scores, pruning and the table, on hand-built models and results."""
+
+import torch
+from torch import nn
+
+from benchmarks.ranking import prune_top, table, target_scores
+from rnp.data import DeviceData, ImageSet
+
+
+def two_channel_model() -> nn.Sequential:
+    """Channel 0 feeds class 1's logit, channel 1 feeds class 0's: channel 0 is the one that pushes to class 1."""
+    conv = nn.Conv2d(1, 2, 1, bias=False)
+    head = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+        head.weight.copy_(torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
+    return nn.Sequential(conv, nn.BatchNorm2d(2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), head).eval()
+
+
+def images(n: int = 8) -> DeviceData:
+    g = torch.Generator().manual_seed(0)
+    data = ImageSet(torch.randint(50, 200, (n, 1, 4, 4), generator=g, dtype=torch.uint8), torch.tensor([0, 1] * (n // 2)))
+    return DeviceData(data, (0.0,), (1.0,), "cpu")
+
+
+def test_the_channel_that_pushes_other_classes_to_the_target_scores_highest_and_is_pruned_first():
+    model = two_channel_model()
+    (scores,) = target_scores(model, images(), target=1, batch_stats=False).values()
+    assert scores[0] > 0 > scores[1]
+    pruned = prune_top(model, {"1": scores}, k=1)
+    assert pruned[1].weight.tolist() == [0.0, 1.0] and pruned[1].bias.tolist() == model[1].bias.tolist()  # bias kept
+    assert model[1].weight.tolist() == [1.0, 1.0]  # the original is left alone
+    (flipped,) = target_scores(model, images(), target=0, batch_stats=False).values()
+    assert flipped[1] > 0 > flipped[0]
+
+
+def test_the_table_picks_the_best_point_under_5_percent_and_counts_cells_that_meet_the_target():
+    results = [{"arch": "a", "attack": "badnets", "seed": 0, "target": 0, "suspected": 0, "before": [0.90, 1.0],
+                "sweeps": {"masks": [[4, 0.89, 0.50], [8, 0.80, 0.00]], "push": [[4, 0.885, 0.04], [8, 0.70, 0.0]]}},
+               {"arch": "b", "attack": "blend", "seed": 0, "target": 1, "suspected": 3, "before": [0.90, 1.0],
+                "sweeps": {"masks": [[4, 0.9, 1.0], [8, 0.9, 1.0]], "push": [[4, 0.5, 0.03], [8, 0.4, 0.0]]}}]
+    text = table(results)
+    assert "| a × badnets, seed 0 | 90.0 / 100.0 | 8: 80.0 / 0.0 | **4: 88.5 / 4.0** |" in text
+    assert "b × blend, seed 0 (suspected 3, target 1) | 90.0 / 100.0 | never ≤ 5 % | 4: 50.0 / 3.0 |" in text
+    assert text.endswith("masks 0 of 2; push 1 of 2.")
+
+
+def test_the_iterative_ranking_takes_channels_in_the_order_it_pruned_them():
+    from benchmarks.ranking import iterative_scores, top_channels
+
+    model = two_channel_model()
+    (order,) = iterative_scores(model, images(), target=1, k_max=2, step=1).values()
+    assert order.tolist() == [2.0, 1.0]  # channel 0 first: it is the one pushing to class 1
+    assert top_channels({"1": order}, 1)["1"].tolist() == [True, False]
+    assert model[1].weight.tolist() == [1.0, 1.0]  # scored on a copy
