@@ -42,6 +42,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "ranking"
 DOC = ROOT / "docs" / "quality.md"
 KS = [4, 8, 12, 16, 24, 32]
+ORDER = ["masks (RNP)", "push to target, original model", "push to target, unlearned model",
+         "push to target, unlearned model, 4 at a time", "push to target, unlearned model, constants fitted",
+         "masks × push", "masks × push, constants fitted"]  # the table's columns
 TEST_IMAGES = 2000
 
 
@@ -82,6 +85,12 @@ def iterative_scores(unlearned: nn.Module, clean: DeviceData, target: int, k_max
                 order[name][c] = float(k_max - taken)
         taken += step
     return order
+
+
+def masks_times_push(mask_scores: dict[str, torch.Tensor], push: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Both signals at once: (1 - mask) × the positive part of the push to the target, in units of its spread."""
+    spread = torch.cat(list(push.values())).std()
+    return {name: mask_scores[name] * torch.relu(push[name] / spread) for name in push}
 
 
 def top_channels(scores: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
@@ -135,8 +144,8 @@ def screen_cell(arch: str, attack: str, seed: int = 0, work: Path = WORK, saved:
         "push to target, unlearned model": target_scores(unlearned, clean_defense, suspected, batch_stats=True),
         "push to target, original model": target_scores(original, clean_defense, suspected, batch_stats=False),
     }
-    fitted = "push to target, unlearned model, constants fitted"
     rankings["push to target, unlearned model, 4 at a time"] = iterative_scores(unlearned, clean_defense, suspected, max(KS))
+    rankings["masks × push"] = masks_times_push(rankings["masks (RNP)"], rankings["push to target, unlearned model"])
     result = {"arch": arch, "attack": attack, "seed": seed, "target": true_target, "suspected": suspected,
               "before": [share(original, test), share(original, triggered, true_target)], "test_images": TEST_IMAGES,
               "sweeps": dict(saved["sweeps"]) if saved else {}}
@@ -145,14 +154,16 @@ def screen_cell(arch: str, attack: str, seed: int = 0, work: Path = WORK, saved:
             continue
         result["sweeps"][name] = [[k, share(p := prune_top(original, scores, k), test), share(p, triggered, true_target)] for k in KS]
         print(f"{arch} × {attack}: {name} done", flush=True)
-    if fitted in result["sweeps"]:
-        return result
-    result["sweeps"][fitted] = []
-    for k in KS:  # the fourth number: ASR once the 10 class biases are refitted (the check of every purified model)
-        pruned = prune_top(original, rankings["push to target, unlearned model"], k, fit_on=clean_defense)
-        check = refit_classifier_bias(pruned, clean_defense, 10, PruneParams(), seed=0)
-        result["sweeps"][fitted].append([k, share(pruned, test), share(pruned, triggered, true_target), share(check, triggered, true_target)])
-    print(f"{arch} × {attack}: {fitted} done", flush=True)
+    for base in ("push to target, unlearned model", "masks × push"):
+        fitted = f"{base}, constants fitted"
+        if fitted in result["sweeps"]:
+            continue
+        result["sweeps"][fitted] = []
+        for k in KS:  # the fourth number: ASR once the 10 class biases are refitted (the check of every purified model)
+            pruned = prune_top(original, rankings[base], k, fit_on=clean_defense)
+            check = refit_classifier_bias(pruned, clean_defense, 10, PruneParams(), seed=0)
+            result["sweeps"][fitted].append([k, share(pruned, test), share(pruned, triggered, true_target), share(check, triggered, true_target)])
+        print(f"{arch} × {attack}: {fitted} done", flush=True)
     return result
 
 
@@ -162,7 +173,8 @@ def meets(before_ca: float, ca: float, asr: float) -> bool:
 
 def table(results: list[dict]) -> str:
     """Per cell and ranking: the best k (highest CA with ASR <= 5 %), and whether it meets the target."""
-    names = list(results[0]["sweeps"]) if results else []
+    saved = list(results[0]["sweeps"]) if results else []
+    names = sorted(saved, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER))
     lines = ["| cell | before CA / ASR | " + " | ".join(f"{n}: best k, CA / ASR" for n in names) + " |",
              "|---|---:|" + "---:|" * len(names)]
     for r in results:

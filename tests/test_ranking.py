@@ -53,3 +53,12 @@ def test_the_iterative_ranking_takes_channels_in_the_order_it_pruned_them():
     assert order.tolist() == [2.0, 1.0]  # channel 0 first: it is the one pushing to class 1
     assert top_channels({"1": order}, 1)["1"].tolist() == [True, False]
     assert model[1].weight.tolist() == [1.0, 1.0]  # scored on a copy
+
+
+def test_masks_times_push_needs_both_a_low_mask_and_a_push_to_the_target():
+    from benchmarks.ranking import masks_times_push
+
+    one_minus_mask = {"bn": torch.tensor([0.9, 0.9, 0.1, 0.0])}
+    push = {"bn": torch.tensor([2.0, -2.0, 2.0, 5.0])}
+    combined = masks_times_push(one_minus_mask, push)["bn"]
+    assert combined.argmax().item() == 0 and combined[1] == 0 and combined[3] == 0  # low mask and a push, or nothing
