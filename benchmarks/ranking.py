@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 from pathlib import Path
 
 import torch
@@ -32,11 +31,12 @@ from rnp.defense.prune import apply_pruning, constant_fitter, refit_classifier_b
 from rnp.defense.recover import bn_layers
 from rnp.defense.rnp_defense import detect_target
 from rnp.io import atomic_write_bytes, json_bytes, load_tensors, read_json
+from rnp.metrics import accuracy, attack_metrics
 from rnp.models.base import load_model
 from rnp.stages._common import load_imageset
 
 from .effectiveness import write_marked
-from .quality import WORK
+from .quality import NUM_CLASSES, WORK
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "ranking"
@@ -113,19 +113,15 @@ def prune_top(model: nn.Module, scores: dict[str, torch.Tensor], k: int, fit_on:
     return pruned
 
 
-@torch.no_grad()
-def share(model: nn.Module, data: DeviceData, target: int | None = None) -> float:
-    """Accuracy, or with `target` the share of images sent to it (ASR)."""
-    model.eval()
-    hits = sum((model(x).argmax(1) == (y if target is None else target)).sum().item() for x, y in data.batches(500))
-    return hits / len(data)
+def asr(model: nn.Module, triggered: DeviceData, target: int) -> float:
+    return attack_metrics(model, triggered, torch.full_like(triggered.labels, target))["asr"]
 
 
 def device_data(path: Path, n: int | None = None) -> DeviceData:
     images, info, _ = load_imageset(path)
     if n is not None:
         images = ImageSet(images.images[:n], images.labels[:n])
-    return DeviceData(images, info.mean, info.std, "cpu")
+    return info.to_device(images, "cpu")
 
 
 def screen_cell(arch: str, attack: str, seed: int = 0, work: Path = WORK, saved: dict | None = None) -> dict:
@@ -138,7 +134,7 @@ def screen_cell(arch: str, attack: str, seed: int = 0, work: Path = WORK, saved:
     test = device_data(top / "poison" / "test_clean.safetensors", TEST_IMAGES)
     triggered = device_data(top / "poison" / "test_poison.safetensors", TEST_IMAGES)
     true_target = read_json(top / "poison" / "params.json")["attack"]["target"]
-    suspected = detect_target(unlearned, clean_defense, 10).target
+    suspected = detect_target(unlearned, clean_defense, NUM_CLASSES).target
     rankings = {
         "masks (RNP)": {name: 1 - m.flatten().float() for name, m in masks.items()},
         "push to target, unlearned model": target_scores(unlearned, clean_defense, suspected, batch_stats=True),
@@ -147,12 +143,12 @@ def screen_cell(arch: str, attack: str, seed: int = 0, work: Path = WORK, saved:
     rankings["push to target, unlearned model, 4 at a time"] = iterative_scores(unlearned, clean_defense, suspected, max(KS))
     rankings["masks × push"] = masks_times_push(rankings["masks (RNP)"], rankings["push to target, unlearned model"])
     result = {"arch": arch, "attack": attack, "seed": seed, "target": true_target, "suspected": suspected,
-              "before": [share(original, test), share(original, triggered, true_target)], "test_images": TEST_IMAGES,
+              "before": [accuracy(original, test), asr(original, triggered, true_target)], "test_images": TEST_IMAGES,
               "sweeps": dict(saved["sweeps"]) if saved else {}}
     for name, scores in rankings.items():
         if name in result["sweeps"]:
             continue
-        result["sweeps"][name] = [[k, share(p := prune_top(original, scores, k), test), share(p, triggered, true_target)] for k in KS]
+        result["sweeps"][name] = [[k, accuracy(p := prune_top(original, scores, k), test), asr(p, triggered, true_target)] for k in KS]
         print(f"{arch} × {attack}: {name} done", flush=True)
     for base in ("push to target, unlearned model", "masks × push"):
         fitted = f"{base}, constants fitted"
@@ -161,8 +157,8 @@ def screen_cell(arch: str, attack: str, seed: int = 0, work: Path = WORK, saved:
         result["sweeps"][fitted] = []
         for k in KS:  # the fourth number: ASR once the 10 class biases are refitted (the check of every purified model)
             pruned = prune_top(original, rankings[base], k, fit_on=clean_defense)
-            check = refit_classifier_bias(pruned, clean_defense, 10, PruneParams(), seed=0)
-            result["sweeps"][fitted].append([k, share(pruned, test), share(pruned, triggered, true_target), share(check, triggered, true_target)])
+            check = refit_classifier_bias(pruned, clean_defense, NUM_CLASSES, PruneParams(), seed=0)
+            result["sweeps"][fitted].append([k, accuracy(pruned, test), asr(pruned, triggered, true_target), asr(check, triggered, true_target)])
         print(f"{arch} × {attack}: {fitted} done", flush=True)
     return result
 
@@ -186,9 +182,10 @@ def table(results: list[dict]) -> str:
                 cells.append("never ≤ 5 %")
                 continue
             best = max(ok, key=lambda p: p[1])
-            k, ca, asr = best[:3]
+            k, ca, asr_after = best[:3]
+            bold = "**" if meets(ca0, ca, asr_after) else ""
             check = f" (class biases refitted: {100 * best[3]:.1f})" if len(best) > 3 else ""
-            cells.append(f"{'**' if meets(ca0, ca, asr) else ''}{k}: {100 * ca:.1f} / {100 * asr:.1f}{'**' if meets(ca0, ca, asr) else ''}{check}")
+            cells.append(f"{bold}{k}: {100 * ca:.1f} / {100 * asr_after:.1f}{bold}{check}")
         suspected = "" if r["suspected"] == r["target"] else f" (suspected {r['suspected']}, target {r['target']})"
         lines.append(f"| {r['arch']} × {r['attack']}, seed {r['seed']}{suspected} | {100 * ca0:.1f} / {100 * asr0:.1f} | " + " | ".join(cells) + " |")
     hits = {n: sum(any(meets(r["before"][0], p[1], p[2]) for p in r["sweeps"][n]) for r in results) for n in names}
@@ -212,7 +209,7 @@ def main(argv: list[str] | None = None) -> str:
             saved = read_json(path) if path.exists() else None
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(path, json_bytes(screen_cell(arch, attack, 0, args.work, saved)))
-    results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+    results = [read_json(p) for p in sorted(RESULTS.glob("*.json"))]
     text = table(results)
     print(text)
     write_marked(text, DOC, "ranking")
