@@ -36,7 +36,7 @@ from rnp.models.base import load_model
 from rnp.stages._common import load_imageset
 
 from .effectiveness import write_marked
-from .quality import NUM_CLASSES, WORK
+from .quality import ARCHS, ATTACKS, NUM_CLASSES, WORK
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "ranking"
@@ -195,16 +195,26 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def cell_spec(text: str) -> tuple[str, str]:
+    """'wrn16_1:badnets' -> ('wrn16_1', 'badnets'); anything else is one argparse line (exit 2)."""
+    arch, _, attack = text.partition(":")
+    if arch not in ARCHS or attack not in ATTACKS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not ARCH:ATTACK with ARCH in {', '.join(ARCHS)} and ATTACK in {', '.join(ATTACKS)}")
+    return arch, attack
+
+
 def main(argv: list[str] | None = None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("cells", nargs="*", metavar="ARCH:ATTACK", help="seed-0 cells benchmarks.quality has made")
+    ap.add_argument("cells", nargs="*", type=cell_spec, metavar="ARCH:ATTACK", help="seed-0 cells benchmarks.quality has made")
     ap.add_argument("--work", type=Path, default=WORK)
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     if not args.table_only:
-        for spec in args.cells:
-            arch, attack = spec.split(":")
+        for arch, attack in args.cells:
+            if not (args.work / attack / "seed0" / arch / "reference" / "recover" / "masks.safetensors").exists():
+                ap.error(f"no cached {arch} x {attack} seed-0 cell under {args.work}: run python -m benchmarks.quality "
+                         f"--seeds 0 --archs {arch} --attacks {attack} first")
             path = RESULTS / f"{arch}-{attack}-seed0.json"
             saved = read_json(path) if path.exists() else None
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -62,3 +62,17 @@ def test_masks_times_push_needs_both_a_low_mask_and_a_push_to_the_target():
     push = {"bn": torch.tensor([2.0, -2.0, 2.0, 5.0])}
     combined = masks_times_push(one_minus_mask, push)["bn"]
     assert combined.argmax().item() == 0 and combined[1] == 0 and combined[3] == 0  # low mask and a push, or nothing
+
+
+def test_a_bad_or_missing_cell_is_one_line_and_exit_2(tmp_path, capsys):
+    import pytest
+
+    from benchmarks.ranking import main
+
+    for argv, message in ((["wrn16_1-badnets"], "is not ARCH:ATTACK"),
+                          (["wrn16_1:badnets", "--work", str(tmp_path)], "no cached wrn16_1 x badnets seed-0 cell")):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code == 2 and message in err[-1]
+    assert not any(tmp_path.iterdir())  # nothing written
