@@ -317,7 +317,8 @@ def speed_table(results: list[dict]) -> str:
         lines.append(f"| {workload} | {stage} | " + " | ".join(cells) + " |")
 
     for r in results:
-        workload = f"{r['workload']} ({r.get('gpu') or short_cpu(r.get('cpu', '?'))})"
+        where = r.get("gpu") or short_cpu(r.get("cpu", "?"))
+        workload = f"{r['workload']} ({where}{', ' + r['run'] if r.get('run') else ''})"  # run: which of several runs on one machine kind
         base = dict(r["baseline"])
         if all(k in base for k in DEFENSE):  # a baseline stopped at a time budget has only the phases it finished
             base["defense"] = sum(base[k] for k in DEFENSE)
