@@ -21,22 +21,27 @@ import argparse
 import copy
 import itertools
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from rnp.compute import resolve_compute
+from rnp.config import AugmentParams
 from rnp.data import DeviceData, ImageSet
 from rnp.defense import constant_fitter, decide_pruning, detect_target, mask_layers, recover, refit_classifier_bias, unlearn
+from rnp.defense.recover import channel_view
 from rnp.io import atomic_write_bytes, json_bytes, read_json
 from rnp.metrics import accuracy, attack_metrics
 from rnp.models import load_model
 from rnp.plots import sweeps_png
 from rnp.stages._common import load_imageset
-from rnp.training import seeded_generator
+from rnp.training import run_epoch, seeded_generator
 
 from .effectiveness import write_marked
-from .quality import ARCHS, ATTACKS, CLEAN, WORK, cell_config, cell_name, pct, stage_done, stage_keys
+from .quality import ARCHS, ATTACKS, CLEAN, WORK, cell_config, cell_name, pct
+from .quality import RESULTS as QUALITY_RESULTS
 from .quality import score as quality_score
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +65,12 @@ LEVERS: dict[str, dict[str, object]] = {
     # a pruned channel's constant output fitted on the defense data instead of its trained bias
     "fill_fit": {"prune.fill": "fit"},
     "fill_fit_recover_epochs_5": {"prune.fill": "fit", "recover.epochs": 5},
+    # fine-tuning after pruning on the defense images (REPAIRS), the pruned channels held at 0
+    "repair_bn": {},
+    "repair_all": {},
 }
+# lever -> (which parameters, epochs, Adam's learning rate) of the fine-tuning after every pruning
+REPAIRS: dict[str, tuple[str, int, float]] = {"repair_bn": ("bn", 10, 0.01), "repair_all": ("all", 10, 3e-4)}
 
 
 def constants_png(results: dict[str, list[dict]]) -> bytes | None:
@@ -74,12 +84,62 @@ def constants_png(results: dict[str, list[dict]]) -> bytes | None:
     return sweeps_png(panels) if len(panels) == 4 else None
 
 
-def cached_models(params: dict, work: Path, archs, attacks, seeds) -> list[tuple[str, str, int]]:
-    """(arch, attack, seed) whose poisoned data and trained model `benchmarks.quality` has made under the current setting."""
+def repair_fitter(model: nn.Module, layers: dict[str, nn.Module], clean: DeviceData, which: str, epochs: int, lr: float,
+                  augment: AugmentParams, seed: int) -> Callable[..., None]:
+    """A `refit` for decide_pruning: after each pruning, fine-tune on clean data with the pruned channels held at 0.
+
+    which="bn": the masked layers' weights and biases only (a few thousand numbers); "all": every parameter.
+    Each call first restores every parameter the pruning does not set (apply_pruning sets the masked weights),
+    so each sweep point is fine-tuned from the trained model, with the same batch order. BN stays on its
+    running statistics; nothing pruned: nothing fine-tuned, unless `always` (fine-tuning alone, for comparison).
+    """
+    start = {name: q.detach().clone() for name, q in model.named_parameters()}
+    owned = {f"{name}.weight" for name in layers}
+    params = ([q for layer in layers.values() for q in (layer.weight, layer.bias) if q is not None] if which == "bn"
+              else list(model.parameters()))
+
+    def refit(chosen: dict[str, torch.Tensor], always: bool = False) -> None:
+        with torch.no_grad():
+            for name, q in model.named_parameters():
+                if name not in owned:
+                    q.copy_(start[name])
+        pruned = {name: c.to(layers[name].weight.device) for name, c in chosen.items() if bool(c.any())}
+        if not pruned and not always:
+            return
+
+        @torch.no_grad()
+        def keep_pruned() -> None:
+            for name, c in pruned.items():
+                layers[name].weight.masked_fill_(channel_view(c, layers[name].weight), 0.0)
+
+        frozen = [q for q in model.parameters() if q.requires_grad]
+        for q in frozen:
+            q.requires_grad_(False)
+        for q in params:
+            q.requires_grad_(True)
+        optimizer = torch.optim.Adam(params, lr=lr)
+        gen = seeded_generator(seed)
+        try:
+            for _ in range(epochs):
+                run_epoch(model, clean, optimizer, 128, gen, augment, after_step=keep_pruned, train_mode=False)
+        finally:
+            for q in frozen:
+                q.requires_grad_(True)
+            model.eval()
+
+    return refit
+
+
+def cached_models(work: Path, archs, attacks, seeds) -> list[tuple[str, str, int]]:
+    """(arch, attack, seed) whose trained model `benchmarks.quality` has cached and measured (its reference cell is saved).
+
+    Not keyed on today's params: models cached before a params key existed (e.g. attack.lc.perturb_background,
+    added after seed 0) are the very models the saved cells measured.
+    """
     found = []
     for seed, attack, arch in itertools.product(seeds, attacks, archs):
-        cfg = cell_config(params, arch, attack, seed, "reference", {"device": "auto"})  # as benchmarks.quality keys them
-        if stage_done(work / attack / f"seed{seed}" / arch / "train", stage_keys(cfg)["train"]):
+        trained = work / attack / f"seed{seed}" / arch / "train" / "metrics.json"
+        if trained.exists() and (QUALITY_RESULTS / "reference" / f"{cell_name(arch, attack, seed)}.json").exists():
             found.append((arch, attack, seed))
     return found
 
@@ -122,8 +182,15 @@ def run_lever(params: dict, arch: str, attack: str, seed: int, lever: str, work:
 
     layers = mask_layers(pruned, "bn")
     refit = constant_fitter(pruned, layers, fit, cfg.prune, cfg.seed) if cfg.prune.fill == "fit" else None
+    if lever in REPAIRS:
+        refit = repair_fitter(pruned, layers, fit, *REPAIRS[lever], cfg.augment, cfg.seed)
     decision = decide_pruning(layers, masks, cfg.prune, measure, refit=refit)
     check = refit_classifier_bias(pruned, fit, info.num_classes, cfg.prune, cfg.seed)  # the chosen model, class biases refitted
+    tuned_only = None
+    if lever in REPAIRS:  # the same fine-tuning with nothing pruned: how much of the effect is the fine-tuning alone
+        tuned = copy.deepcopy(original)
+        repair_fitter(tuned, mask_layers(tuned, "bn"), fit, *REPAIRS[lever], cfg.augment, cfg.seed)({}, always=True)
+        tuned_only = {"holdout_acc": accuracy(tuned, held), "ca": accuracy(tuned, test), **attack_metrics(tuned, trig, extra["targets"])}
     flat = torch.cat(list(masks.values()))
     result = {
         "arch": arch, "attack": attack, "seed": seed, "lever": lever, "overrides": LEVERS[lever], "target": cfg.attack.target,
@@ -133,6 +200,7 @@ def run_lever(params: dict, arch: str, attack: str, seed: int, lever: str, work:
         "masks": {"total": flat.numel(), "zero": int((flat == 0).sum()), "below_0_2": int((flat <= 0.2).sum())},
         "detection": {"backdoored": detection.backdoored, "target": detection.target, "score": detection.score, "scores": detection.scores},
         "unlearn_trace": trace,
+        **({"finetune_only": tuned_only} if tuned_only is not None else {}),
         "seconds": {"defense": round(defense_s, 1), "total": round(time.perf_counter() - start, 1)},
         "threads": torch.get_num_threads(),
     }
@@ -249,7 +317,7 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--no-doc", action="store_true")
     args = ap.parse_args(argv)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    models = cached_models(params, args.work, args.archs, args.attacks, args.seeds)
+    models = cached_models(args.work, args.archs, args.attacks, args.seeds)
     if not args.table_only:
         for lever, (arch, attack, seed) in itertools.product(args.levers, models):
             if not (RESULTS / lever / f"{cell_name(arch, attack, seed)}.json").exists():

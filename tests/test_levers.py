@@ -70,3 +70,41 @@ def test_the_constants_figure_needs_all_four_badnets_sweeps():
     png = constants_png(full)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert constants_png({**full, "fill_fit_recover_epochs_5": [sweep("small_cnn")]}) is None  # a panel missing: no half figure
+
+
+def test_repair_fine_tunes_from_the_trained_model_each_time_and_keeps_pruned_channels_at_zero():
+    import torch
+    from torch import nn
+
+    from benchmarks.levers import repair_fitter
+    from rnp.compute import resolve_compute
+    from rnp.config import AugmentParams
+    from rnp.data import DeviceData, ImageSet
+    from rnp.defense import mask_layers
+    from rnp.defense.prune import apply_pruning
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)).eval()
+    images = torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8)
+    data = DeviceData(ImageSet(images, torch.randint(0, 3, (64,))), (0.5,), (0.25,), resolve_compute("cpu", "fp32"))
+    layers = mask_layers(model, "bn")
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+    original = {name: layer.weight.detach().clone() for name, layer in layers.items()}
+    prune = {name: torch.tensor([True, False, False, True]) for name in layers}
+
+    def repaired(which: str) -> dict:
+        apply_pruning(layers, original, prune)
+        fitter(prune)
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    for which in ("bn", "all"):
+        model.load_state_dict(trained)
+        fitter = repair_fitter(model, layers, data, which, 2, 0.05, AugmentParams(crop_padding=0, flip=False), 0)
+        first = repaired(which)
+        (bn,) = layers.values()
+        assert bn.weight[0] == 0 and bn.weight[3] == 0 and bn.weight[1] != trained["1.weight"][1]  # pruned stay 0, the rest moved
+        assert torch.equal(first["4.weight"], trained["4.weight"]) == (which == "bn")  # "bn" leaves the classifier alone
+        assert all(torch.equal(first[k], v) for k, v in repaired(which).items())  # restored first: the same again
+        apply_pruning(layers, original, {name: torch.zeros(4, dtype=torch.bool) for name in layers})
+        fitter({name: torch.zeros(4, dtype=torch.bool) for name in layers})  # nothing pruned: the trained model back
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in trained.items())
