@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rnp.config import PruneParams
+from rnp.config import AugmentParams, PruneParams
 from rnp.data import DeviceData, ImageSet
 from rnp.defense.prune import apply_pruning, constant_fitter, refit_classifier_bias
 from rnp.defense.recover import bn_layers
@@ -36,6 +36,7 @@ from rnp.models.base import load_model
 from rnp.stages._common import load_imageset
 
 from .effectiveness import write_marked
+from .levers import REPAIRS, repair_fitter
 from .quality import ARCHS, ATTACKS, NUM_CLASSES, WORK
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +45,8 @@ DOC = ROOT / "docs" / "quality.md"
 KS = [4, 8, 12, 16, 24, 32]
 ORDER = ["masks (RNP)", "push to target, original model", "push to target, unlearned model",
          "push to target, unlearned model, 4 at a time", "push to target, unlearned model, constants fitted",
-         "masks × push", "masks × push, constants fitted"]  # the table's columns
+         "masks × push", "masks × push, constants fitted", "masks (RNP), fine-tuned", "push to target, unlearned model, fine-tuned",
+         "masks × push, fine-tuned"]  # the table's columns
 TEST_IMAGES = 2000
 
 
@@ -101,15 +103,19 @@ def top_channels(scores: dict[str, torch.Tensor], k: int) -> dict[str, torch.Ten
     return dict(zip(scores, chosen.split([len(s) for s in scores.values()])))
 
 
-def prune_top(model: nn.Module, scores: dict[str, torch.Tensor], k: int, fit_on: DeviceData | None = None) -> nn.Module:
+def prune_top(model: nn.Module, scores: dict[str, torch.Tensor], k: int, fit_on: DeviceData | None = None,
+              tune_on: DeviceData | None = None) -> nn.Module:
     """A copy of `model` with its k highest-scoring BN channels pruned as RNP prunes (weight 0, bias kept), or with
-    `fit_on` their constants fitted on those clean images (`prune.fill: fit`)."""
+    `fit_on` their constants fitted on those clean images (`prune.fill: fit`), or with `tune_on` the whole model
+    fine-tuned on them afterwards, the pruned channels held at 0 (the lever screen's repair_all)."""
     pruned = copy.deepcopy(model)
     layers = bn_layers(pruned)
     chosen = top_channels(scores, k)
     apply_pruning(layers, {name: layer.weight.detach().clone() for name, layer in layers.items()}, chosen)
     if fit_on is not None:
         constant_fitter(pruned, layers, fit_on, PruneParams(), seed=0)(chosen)
+    if tune_on is not None:
+        repair_fitter(pruned, layers, tune_on, *REPAIRS["repair_all"], AugmentParams(), seed=0)(chosen)
     return pruned
 
 
@@ -160,6 +166,12 @@ def screen_cell(arch: str, attack: str, seed: int = 0, work: Path = WORK, saved:
             check = refit_classifier_bias(pruned, clean_defense, NUM_CLASSES, PruneParams(), seed=0)
             result["sweeps"][fitted].append([k, accuracy(pruned, test), asr(pruned, triggered, true_target), asr(check, triggered, true_target)])
         print(f"{arch} × {attack}: {fitted} done", flush=True)
+    for base in ("masks (RNP)", "push to target, unlearned model", "masks × push"):
+        tuned = f"{base}, fine-tuned"
+        if tuned not in result["sweeps"]:
+            result["sweeps"][tuned] = [[k, accuracy(p := prune_top(original, rankings[base], k, tune_on=clean_defense), test),
+                                        asr(p, triggered, true_target)] for k in KS]
+            print(f"{arch} × {attack}: {tuned} done", flush=True)
     return result
 
 

@@ -32,6 +32,9 @@ def test_the_channel_that_pushes_other_classes_to_the_target_scores_highest_and_
     assert model[1].weight.tolist() == [1.0, 1.0]  # the original is left alone
     (flipped,) = target_scores(model, images(), target=0, batch_stats=False).values()
     assert flipped[1] > 0 > flipped[0]
+    tuned = prune_top(model, {"1": scores}, k=1, tune_on=images())  # fine-tuned afterwards: channel 0 stays pruned
+    assert tuned[1].weight[0] == 0.0 and tuned[1].weight[1] != 1.0 and not torch.equal(tuned[5].weight, model[5].weight)
+    assert model[1].weight.tolist() == [1.0, 1.0] and model[5].weight.tolist() == [[0.0, 1.0], [1.0, 0.0]]
 
 
 def test_the_table_picks_the_best_point_under_5_percent_and_counts_cells_that_meet_the_target():
