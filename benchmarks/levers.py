@@ -68,9 +68,12 @@ LEVERS: dict[str, dict[str, object]] = {
     # fine-tuning after pruning on the defense images (REPAIRS), the pruned channels held at 0
     "repair_bn": {},
     "repair_all": {},
+    "repair_distill": {},
 }
-# lever -> (which parameters, epochs, Adam's learning rate) of the fine-tuning after every pruning
-REPAIRS: dict[str, tuple[str, int, float]] = {"repair_bn": ("bn", 10, 0.01), "repair_all": ("all", 10, 3e-4)}
+# lever -> (which parameters, epochs, Adam's learning rate, distil) of the fine-tuning after every pruning; distil: the
+# targets are the unpruned model's softmax outputs on the same clean images instead of their labels
+REPAIRS: dict[str, tuple[str, int, float, bool]] = {
+    "repair_bn": ("bn", 10, 0.01, False), "repair_all": ("all", 10, 3e-4, False), "repair_distill": ("all", 10, 3e-4, True)}
 
 
 def constants_png(results: dict[str, list[dict]]) -> bytes | None:
@@ -85,15 +88,18 @@ def constants_png(results: dict[str, list[dict]]) -> bytes | None:
 
 
 def repair_fitter(model: nn.Module, layers: dict[str, nn.Module], clean: DeviceData, which: str, epochs: int, lr: float,
-                  augment: AugmentParams, seed: int) -> Callable[..., None]:
+                  distil: bool, augment: AugmentParams, seed: int) -> Callable[..., None]:
     """A `refit` for decide_pruning: after each pruning, fine-tune on clean data with the pruned channels held at 0.
 
     which="bn": the masked layers' weights and biases only (a few thousand numbers); "all": every parameter.
     Each call first restores every parameter the pruning does not set (apply_pruning sets the masked weights),
     so each sweep point is fine-tuned from the trained model, with the same batch order. BN stays on its
     running statistics; nothing pruned: nothing fine-tuned, unless `always` (fine-tuning alone, for comparison).
+    distil: the targets are the unpruned model's softmax outputs on the same (augmented) images: clean images never
+    carry the trigger, so the teacher passes on its clean behaviour only, with more to learn from per image than a label.
     """
     start = {name: q.detach().clone() for name, q in model.named_parameters()}
+    teacher = copy.deepcopy(model).eval() if distil else None
     owned = {f"{name}.weight" for name in layers}
     params = ([q for layer in layers.values() for q in (layer.weight, layer.bias) if q is not None] if which == "bn"
               else list(model.parameters()))
@@ -121,7 +127,20 @@ def repair_fitter(model: nn.Module, layers: dict[str, nn.Module], clean: DeviceD
         gen = seeded_generator(seed)
         try:
             for _ in range(epochs):
-                run_epoch(model, clean, optimizer, 128, gen, augment, after_step=keep_pruned, train_mode=False)
+                if teacher is None:
+                    run_epoch(model, clean, optimizer, 128, gen, augment, after_step=keep_pruned, train_mode=False)
+                    continue
+                model.eval()
+                for x, _ in clean.batches(128, gen, augment.crop_padding, augment.flip):
+                    with clean.compute.autocast():
+                        logits = model(x)
+                        with torch.no_grad():
+                            soft = teacher(x).float().softmax(1)
+                    loss = nn.functional.cross_entropy(logits.float(), soft)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    keep_pruned()
         finally:
             for q in frozen:
                 q.requires_grad_(True)

@@ -92,19 +92,21 @@ def test_repair_fine_tunes_from_the_trained_model_each_time_and_keeps_pruned_cha
     original = {name: layer.weight.detach().clone() for name, layer in layers.items()}
     prune = {name: torch.tensor([True, False, False, True]) for name in layers}
 
-    def repaired(which: str) -> dict:
+    def repaired() -> dict:
         apply_pruning(layers, original, prune)
         fitter(prune)
         return {k: v.clone() for k, v in model.state_dict().items()}
 
-    for which in ("bn", "all"):
+    results = {}
+    for which, distil in (("bn", False), ("all", False), ("all", True)):  # distil: the trained model's outputs as targets
         model.load_state_dict(trained)
-        fitter = repair_fitter(model, layers, data, which, 2, 0.05, AugmentParams(crop_padding=0, flip=False), 0)
-        first = repaired(which)
+        fitter = repair_fitter(model, layers, data, which, 2, 0.05, distil, AugmentParams(crop_padding=0, flip=False), 0)
+        first = results[which, distil] = repaired()
         (bn,) = layers.values()
         assert bn.weight[0] == 0 and bn.weight[3] == 0 and bn.weight[1] != trained["1.weight"][1]  # pruned stay 0, the rest moved
         assert torch.equal(first["4.weight"], trained["4.weight"]) == (which == "bn")  # "bn" leaves the classifier alone
-        assert all(torch.equal(first[k], v) for k, v in repaired(which).items())  # restored first: the same again
+        assert all(torch.equal(first[k], v) for k, v in repaired().items())  # restored first: the same again
         apply_pruning(layers, original, {name: torch.zeros(4, dtype=torch.bool) for name in layers})
         fitter({name: torch.zeros(4, dtype=torch.bool) for name in layers})  # nothing pruned: the trained model back
         assert all(torch.equal(model.state_dict()[k], v) for k, v in trained.items())
+    assert not torch.equal(results["all", False]["4.weight"], results["all", True]["4.weight"])  # labels and soft targets differ
