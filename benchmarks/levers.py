@@ -28,7 +28,6 @@ import torch
 from torch import nn
 
 from rnp.compute import resolve_compute
-from rnp.config import AugmentParams
 from rnp.data import DeviceData, ImageSet
 from rnp.defense import constant_fitter, decide_pruning, detect_target, mask_layers, recover, refit_classifier_bias, unlearn
 from rnp.defense.recover import channel_view
@@ -37,7 +36,7 @@ from rnp.metrics import accuracy, attack_metrics
 from rnp.models import load_model
 from rnp.plots import sweeps_png
 from rnp.stages._common import load_imageset
-from rnp.training import run_epoch, seeded_generator
+from rnp.training import fit_parameters, seeded_generator
 
 from .effectiveness import write_marked
 from .quality import ARCHS, ATTACKS, CLEAN, WORK, cell_config, cell_name, pct
@@ -88,14 +87,15 @@ def constants_png(results: dict[str, list[dict]]) -> bytes | None:
 
 
 def repair_fitter(model: nn.Module, layers: dict[str, nn.Module], clean: DeviceData, which: str, epochs: int, lr: float,
-                  distil: bool, augment: AugmentParams, seed: int) -> Callable[..., None]:
+                  distil: bool, seed: int) -> Callable[..., None]:
     """A `refit` for decide_pruning: after each pruning, fine-tune on clean data with the pruned channels held at 0.
 
     which="bn": the masked layers' weights and biases only (a few thousand numbers); "all": every parameter.
     Each call first restores every parameter the pruning does not set (apply_pruning sets the masked weights),
-    so each sweep point is fine-tuned from the trained model, with the same batch order. BN stays on its
-    running statistics; nothing pruned: nothing fine-tuned, unless `always` (fine-tuning alone, for comparison).
-    distil: the targets are the unpruned model's softmax outputs on the same (augmented) images: clean images never
+    so each sweep point is fine-tuned from the trained model, with the same batch order (Adam, no augmentation,
+    as the benchmark trains). BN stays on its running statistics. Nothing pruned: nothing fine-tuned, unless
+    `always` (the fine-tuning alone, for comparison).
+    distil (with which="all"): the targets are the unpruned model's softmax outputs on the same images: clean images never
     carry the trigger, so the teacher passes on its clean behaviour only, with more to learn from per image than a label.
     """
     start = {name: q.detach().clone() for name, q in model.named_parameters()}
@@ -118,33 +118,24 @@ def repair_fitter(model: nn.Module, layers: dict[str, nn.Module], clean: DeviceD
             for name, c in pruned.items():
                 layers[name].weight.masked_fill_(channel_view(c, layers[name].weight), 0.0)
 
-        frozen = [q for q in model.parameters() if q.requires_grad]
-        for q in frozen:
-            q.requires_grad_(False)
-        for q in params:
-            q.requires_grad_(True)
-        optimizer = torch.optim.Adam(params, lr=lr)
+        if teacher is None:
+            fit_parameters(model, params, clean, epochs, lr, seeded_generator(seed), keep_pruned)
+            return
+        optimizer = torch.optim.Adam(params, lr=lr)  # which="all": nothing to freeze
         gen = seeded_generator(seed)
-        try:
-            for _ in range(epochs):
-                if teacher is None:
-                    run_epoch(model, clean, optimizer, 128, gen, augment, after_step=keep_pruned, train_mode=False)
-                    continue
-                model.eval()
-                for x, _ in clean.batches(128, gen, augment.crop_padding, augment.flip):
-                    with clean.compute.autocast():
-                        logits = model(x)
-                        with torch.no_grad():
-                            soft = teacher(x).float().softmax(1)
-                    loss = nn.functional.cross_entropy(logits.float(), soft)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    keep_pruned()
-        finally:
-            for q in frozen:
-                q.requires_grad_(True)
-            model.eval()
+        model.eval()
+        for _ in range(epochs):
+            for x, _ in clean.batches(128, gen):
+                with clean.compute.autocast():
+                    logits = model(x)
+                    with torch.no_grad():
+                        soft = teacher(x).float().softmax(1)
+                loss = nn.functional.cross_entropy(logits.float(), soft)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                keep_pruned()
+        model.zero_grad(set_to_none=True)
 
     return refit
 
@@ -202,13 +193,13 @@ def run_lever(params: dict, arch: str, attack: str, seed: int, lever: str, work:
     layers = mask_layers(pruned, "bn")
     refit = constant_fitter(pruned, layers, fit, cfg.prune, cfg.seed) if cfg.prune.fill == "fit" else None
     if lever in REPAIRS:
-        refit = repair_fitter(pruned, layers, fit, *REPAIRS[lever], cfg.augment, cfg.seed)
+        refit = repair_fitter(pruned, layers, fit, *REPAIRS[lever], cfg.seed)
     decision = decide_pruning(layers, masks, cfg.prune, measure, refit=refit)
     check = refit_classifier_bias(pruned, fit, info.num_classes, cfg.prune, cfg.seed)  # the chosen model, class biases refitted
     tuned_only = None
     if lever in REPAIRS:  # the same fine-tuning with nothing pruned: how much of the effect is the fine-tuning alone
         tuned = copy.deepcopy(original)
-        repair_fitter(tuned, mask_layers(tuned, "bn"), fit, *REPAIRS[lever], cfg.augment, cfg.seed)({}, always=True)
+        repair_fitter(tuned, mask_layers(tuned, "bn"), fit, *REPAIRS[lever], cfg.seed)({}, always=True)
         tuned_only = {"holdout_acc": accuracy(tuned, held), "ca": accuracy(tuned, test), **attack_metrics(tuned, trig, extra["targets"])}
     flat = torch.cat(list(masks.values()))
     result = {

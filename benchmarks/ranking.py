@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rnp.config import AugmentParams, PruneParams
+from rnp.config import PruneParams
 from rnp.data import DeviceData, ImageSet
 from rnp.defense.prune import apply_pruning, constant_fitter, refit_classifier_bias
 from rnp.defense.recover import bn_layers
@@ -115,7 +115,7 @@ def prune_top(model: nn.Module, scores: dict[str, torch.Tensor], k: int, fit_on:
     if fit_on is not None:
         constant_fitter(pruned, layers, fit_on, PruneParams(), seed=0)(chosen)
     if tune_on is not None:
-        repair_fitter(pruned, layers, tune_on, *REPAIRS["repair_all"], AugmentParams(), seed=0)(chosen)
+        repair_fitter(pruned, layers, tune_on, *REPAIRS["repair_all"], seed=0)(chosen)
     return pruned
 
 

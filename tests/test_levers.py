@@ -78,7 +78,6 @@ def test_repair_fine_tunes_from_the_trained_model_each_time_and_keeps_pruned_cha
 
     from benchmarks.levers import repair_fitter
     from rnp.compute import resolve_compute
-    from rnp.config import AugmentParams
     from rnp.data import DeviceData, ImageSet
     from rnp.defense import mask_layers
     from rnp.defense.prune import apply_pruning
@@ -100,7 +99,7 @@ def test_repair_fine_tunes_from_the_trained_model_each_time_and_keeps_pruned_cha
     results = {}
     for which, distil in (("bn", False), ("all", False), ("all", True)):  # distil: the trained model's outputs as targets
         model.load_state_dict(trained)
-        fitter = repair_fitter(model, layers, data, which, 2, 0.05, distil, AugmentParams(crop_padding=0, flip=False), 0)
+        fitter = repair_fitter(model, layers, data, which, 2, 0.05, distil, 0)
         first = results[which, distil] = repaired()
         (bn,) = layers.values()
         assert bn.weight[0] == 0 and bn.weight[3] == 0 and bn.weight[1] != trained["1.weight"][1]  # pruned stay 0, the rest moved
