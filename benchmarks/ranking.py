@@ -181,7 +181,7 @@ def meets(before_ca: float, ca: float, asr: float) -> bool:
 
 def table(results: list[dict]) -> str:
     """Per cell and ranking: the best k (highest CA with ASR <= 5 %), and whether it meets the target."""
-    saved = list(results[0]["sweeps"]) if results else []
+    saved = dict.fromkeys(n for r in results for n in r["sweeps"])  # every ranking any cell has; a cell may lack the newer ones
     names = sorted(saved, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER))
     lines = ["| cell | before CA / ASR | " + " | ".join(f"{n}: best k, CA / ASR" for n in names) + " |",
              "|---|---:|" + "---:|" * len(names)]
@@ -189,6 +189,9 @@ def table(results: list[dict]) -> str:
         ca0, asr0 = r["before"]
         cells = []
         for n in names:
+            if n not in r["sweeps"]:
+                cells.append("—")
+                continue
             ok = [p for p in r["sweeps"][n] if p[2] <= 0.05]
             if not ok:
                 cells.append("never ≤ 5 %")
@@ -200,10 +203,11 @@ def table(results: list[dict]) -> str:
             cells.append(f"{bold}{k}: {100 * ca:.1f} / {100 * asr_after:.1f}{bold}{check}")
         suspected = "" if r["suspected"] == r["target"] else f" (suspected {r['suspected']}, target {r['target']})"
         lines.append(f"| {r['arch']} × {r['attack']}, seed {r['seed']}{suspected} | {100 * ca0:.1f} / {100 * asr0:.1f} | " + " | ".join(cells) + " |")
-    hits = {n: sum(any(meets(r["before"][0], p[1], p[2]) for p in r["sweeps"][n]) for r in results) for n in names}
+    had = {n: [r for r in results if n in r["sweeps"]] for n in names}
+    hits = {n: sum(any(meets(r["before"][0], p[1], p[2]) for p in r["sweeps"][n]) for r in rs) for n, rs in had.items()}
     lines.append("")
     lines.append(f"Cells where some k meets the target (ASR ≤ 5 %, CA within 2 points; test labels, k = {', '.join(map(str, KS))}): "
-                 + "; ".join(f"{n} {h} of {len(results)}" for n, h in hits.items()) + ".")
+                 + "; ".join(f"{n} {h} of {len(had[n])}" for n, h in hits.items()) + ".")
     return "\n".join(lines)
 
 

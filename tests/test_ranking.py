@@ -46,6 +46,9 @@ def test_the_table_picks_the_best_point_under_5_percent_and_counts_cells_that_me
     assert "| a × badnets, seed 0 | 90.0 / 100.0 | 8: 80.0 / 0.0 | **4: 88.5 / 4.0** |" in text
     assert "b × blend, seed 0 (suspected 3, target 1) | 90.0 / 100.0 | never ≤ 5 % | 4: 50.0 / 3.0 |" in text
     assert text.endswith("masks 0 of 2; push 1 of 2.")
+    results[1]["sweeps"]["push, fine-tuned"] = [[4, 0.895, 0.01]]  # a ranking only one cell has: "—" in the others, counted over one
+    text = table(results)
+    assert "| **4: 88.5 / 4.0** | — |" in text and "**4: 89.5 / 1.0** |" in text and text.endswith("push 1 of 2; push, fine-tuned 1 of 1.")
 
 
 def test_the_iterative_ranking_takes_channels_in_the_order_it_pruned_them():
