@@ -95,8 +95,9 @@ def repair_fitter(model: nn.Module, layers: dict[str, nn.Module], clean: DeviceD
     so each sweep point is fine-tuned from the trained model, with the same batch order (Adam, no augmentation,
     as the benchmark trains). BN stays on its running statistics. Nothing pruned: nothing fine-tuned, unless
     `always` (the fine-tuning alone, for comparison).
-    distil (with which="all"): the targets are the unpruned model's softmax outputs on the same images: clean images never
-    carry the trigger, so the teacher passes on its clean behaviour only, with more to learn from per image than a label.
+    distil (with which="all"): the targets are the model's softmax outputs as it is when the fitter is made (unpruned),
+    on the same images: clean images never carry the trigger, so the teacher passes on its clean behaviour only,
+    with more to learn from per image than a label.
     """
     start = {name: q.detach().clone() for name, q in model.named_parameters()}
     teacher = copy.deepcopy(model).eval() if distil else None
