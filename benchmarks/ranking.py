@@ -151,27 +151,24 @@ def screen_cell(arch: str, attack: str, seed: int = 0, work: Path = WORK, saved:
     result = {"arch": arch, "attack": attack, "seed": seed, "target": true_target, "suspected": suspected,
               "before": [accuracy(original, test), asr(original, triggered, true_target)], "test_images": TEST_IMAGES,
               "sweeps": dict(saved["sweeps"]) if saved else {}}
-    for name, scores in rankings.items():
+    # each sweep: its scores and how the pruned channels are treated; constants fitted: a fourth number, ASR once
+    # the 10 class biases are refitted (the check of every purified model)
+    push, both = "push to target, unlearned model", "masks × push"
+    sweeps = {name: (scores, {}) for name, scores in rankings.items()}
+    sweeps |= {f"{b}, constants fitted": (rankings[b], {"fit_on": clean_defense}) for b in (push, both)}
+    sweeps |= {f"{b}, fine-tuned": (rankings[b], {"tune_on": clean_defense}) for b in ("masks (RNP)", push, both)}
+    for name, (scores, how) in sweeps.items():
         if name in result["sweeps"]:
             continue
-        result["sweeps"][name] = [[k, accuracy(p := prune_top(original, scores, k), test), asr(p, triggered, true_target)] for k in KS]
+        points = []
+        for k in KS:
+            pruned = prune_top(original, scores, k, **how)
+            point = [k, accuracy(pruned, test), asr(pruned, triggered, true_target)]
+            if "fit_on" in how:
+                point.append(asr(refit_classifier_bias(pruned, clean_defense, NUM_CLASSES, PruneParams(), seed=0), triggered, true_target))
+            points.append(point)
+        result["sweeps"][name] = points
         print(f"{arch} × {attack}: {name} done", flush=True)
-    for base in ("push to target, unlearned model", "masks × push"):
-        fitted = f"{base}, constants fitted"
-        if fitted in result["sweeps"]:
-            continue
-        result["sweeps"][fitted] = []
-        for k in KS:  # the fourth number: ASR once the 10 class biases are refitted (the check of every purified model)
-            pruned = prune_top(original, rankings[base], k, fit_on=clean_defense)
-            check = refit_classifier_bias(pruned, clean_defense, NUM_CLASSES, PruneParams(), seed=0)
-            result["sweeps"][fitted].append([k, accuracy(pruned, test), asr(pruned, triggered, true_target), asr(check, triggered, true_target)])
-        print(f"{arch} × {attack}: {fitted} done", flush=True)
-    for base in ("masks (RNP)", "push to target, unlearned model", "masks × push"):
-        tuned = f"{base}, fine-tuned"
-        if tuned not in result["sweeps"]:
-            result["sweeps"][tuned] = [[k, accuracy(p := prune_top(original, rankings[base], k, tune_on=clean_defense), test),
-                                        asr(p, triggered, true_target)] for k in KS]
-            print(f"{arch} × {attack}: {tuned} done", flush=True)
     return result
 
 
