@@ -188,8 +188,8 @@ def run_lever(params: dict, arch: str, attack: str, seed: int, lever: str, work:
     defense_s = time.perf_counter() - start
     pruned = copy.deepcopy(original)
 
-    def measure() -> dict:
-        return {"holdout_acc": accuracy(pruned, held), "ca": accuracy(pruned, test), **attack_metrics(pruned, trig, extra["targets"])}
+    def measure(model: nn.Module = pruned) -> dict:
+        return {"holdout_acc": accuracy(model, held), "ca": accuracy(model, test), **attack_metrics(model, trig, extra["targets"])}
 
     layers = mask_layers(pruned, "bn")
     refit = constant_fitter(pruned, layers, fit, cfg.prune, cfg.seed) if cfg.prune.fill == "fit" else None
@@ -201,7 +201,7 @@ def run_lever(params: dict, arch: str, attack: str, seed: int, lever: str, work:
     if lever in REPAIRS:  # the same fine-tuning with nothing pruned: how much of the effect is the fine-tuning alone
         tuned = copy.deepcopy(original)
         repair_fitter(tuned, mask_layers(tuned, "bn"), fit, *REPAIRS[lever], cfg.seed)({}, always=True)
-        tuned_only = {"holdout_acc": accuracy(tuned, held), "ca": accuracy(tuned, test), **attack_metrics(tuned, trig, extra["targets"])}
+        tuned_only = measure(tuned)
     flat = torch.cat(list(masks.values()))
     result = {
         "arch": arch, "attack": attack, "seed": seed, "lever": lever, "overrides": LEVERS[lever], "target": cfg.attack.target,
