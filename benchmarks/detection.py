@@ -22,6 +22,7 @@ import yaml
 from rnp.attacks import list_attacks
 from rnp.config import config_from_dict, with_overrides
 from rnp.defense import defend
+from rnp.defense.rnp_defense import DETECTION_RULES
 from rnp.metrics import accuracy, attack_metrics
 from rnp.models import create_model, load_model
 from rnp.stages import poison, train
@@ -45,7 +46,7 @@ def clean_model(cfg, poison_dir: Path):
     return model.eval()
 
 
-def evaluate(name: str, cfg, backdoored: bool) -> dict:
+def evaluate(name: str, cfg, backdoored: bool, rule: str = "collapse") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         poison.run(cfg, root / "poison")
@@ -59,7 +60,7 @@ def evaluate(name: str, cfg, backdoored: bool) -> dict:
         test, _, _ = load_imageset(root / "poison" / "test_clean.safetensors")
         trig, _, extra = load_imageset(root / "poison" / "test_poison.safetensors", "targets")
         images, labels = torch.cat([defense.images, holdout.images]), torch.cat([defense.labels, holdout.labels])
-        purified, report = defend(model, images, labels, info.mean, info.std, info.num_classes, cfg)
+        purified, report = defend(model, images, labels, info.mean, info.std, info.num_classes, cfg, detection_rule=rule)
         on = lambda s: info.to_device(s, torch.device("cpu"))  # noqa: E731
         before = {"ca": accuracy(model, on(test)), **attack_metrics(model, on(trig), extra["targets"])}
         after = {"ca": accuracy(purified, on(test)), **attack_metrics(purified, on(trig), extra["targets"])}
@@ -97,28 +98,30 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--attacks", nargs="+", default=list_attacks(), choices=list_attacks())
     ap.add_argument("--clean-seeds", type=int, nargs="*", default=[0, 1, 2])
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
-    ap.add_argument("--csv", type=Path, default=RESULTS)
+    ap.add_argument("--detection", choices=DETECTION_RULES, default="collapse", help="rnp defend's detection rule")
+    ap.add_argument("--csv", type=Path, help="default benchmarks/results/detection.csv (rule collapse), detection_<rule>.csv otherwise")
     ap.add_argument("--no-readme", action="store_true")
     args = ap.parse_args(argv)
+    csv_path = args.csv or (RESULTS if args.detection == "collapse" else RESULTS.with_name(f"detection_{args.detection}.csv"))
     base = yaml.safe_load(args.params.read_text())
     rows = []
     for i, name in enumerate(args.attacks):
         target = (3 * i + 1) % 10  # a different target per attack: detection must find it, not assume 0
         cfg = config_from_dict(with_overrides(base, {**PER_ATTACK.get(name, {}), "attack.name": name, "attack.target": target}))
-        rows.append(evaluate(name, cfg, backdoored=True))
+        rows.append(evaluate(name, cfg, backdoored=True, rule=args.detection))
         print(rows[-1], flush=True)
     for seed in args.clean_seeds:
-        rows.append(evaluate("clean", config_from_dict(with_overrides(base, {"seed": seed})), backdoored=False))
+        rows.append(evaluate("clean", config_from_dict(with_overrides(base, {"seed": seed})), backdoored=False, rule=args.detection))
         print(rows[-1], flush=True)
-    args.csv.parent.mkdir(parents=True, exist_ok=True)
-    with args.csv.open("w", newline="") as f:
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    with csv_path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
     table = markdown(rows)
     print(table)
     if not args.no_readme:
-        write_marked(table, ROOT / "docs" / "defend.md", "detection")
+        write_marked(table, ROOT / "docs" / "defend.md", "detection" if args.detection == "collapse" else f"detection_{args.detection}")
 
 
 if __name__ == "__main__":

@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--std", help="e.g. 0.247,0.243,0.261 (default: the data's own)")
     d.add_argument("--mask-on", choices=choices(MaskOn), default="auto", help="what to mask: BN (default when present), any norm, conv channels")
     d.add_argument("--force", action="store_true", help="prune even when no backdoor is detected")
+    d.add_argument("--detection", default="collapse",
+                   help="collapse (default): unlearning collapses the model onto one class; emergent: and that class led alone "
+                        "when the collapse began (no false alarm on the benchmark's clean models, fewer targets named: docs/defend.md)")
     d.add_argument("--min-accuracy", type=float, default=0.5,
                    help="refuse a model scoring less on the clean images (default 0.5): it is mis-specified, not defended")
     return ap
@@ -85,7 +88,7 @@ def _run(args: argparse.Namespace) -> None:
 
         cfg = load_config(args.params) if args.params else Config()
         defend.run(cfg, args.model, args.arch, args.data, args.out, args.defense_size, args.image_size, args.mean, args.std, args.mask_on, args.force,
-                   args.min_accuracy)
+                   args.min_accuracy, args.detection)
         return
     cfg = load_config(args.params)
     run_stage(args.command, cfg, {i: getattr(args, i) for i in STAGES[args.command].inputs}, args.out)

@@ -182,6 +182,7 @@ def test_speed_benchmark_runs_on_a_tiny_workload(capsys):
     (["--mean", "nan"], "--mean must be finite, got 'nan'"),
     (["--defense-size", "-5"], "--defense-size must be >= 1, got -5"),
     (["--image-size", "0"], "--image-size must be >= 1, got 0"),
+    (["--detection", "vote"], "--detection must be one of collapse, emergent, got 'vote'"),
 ])
 def test_degenerate_numbers_are_one_line_before_any_work(tmp_path, capsys, flags, message):
     out = tmp_path / "purified.safetensors"

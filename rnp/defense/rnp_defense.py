@@ -28,7 +28,8 @@ from .prune import constant_fitter, decide_pruning
 from .recover import mask_layers, recover, resolve_mask_on
 from .unlearn import unlearn
 
-__all__ = ["defend", "detect_target", "weak_model_message", "holdout_warning", "DETECTION_THRESHOLD", "MIN_ACCURACY"]
+__all__ = ["defend", "detect_target", "emerged_alone", "sink_scores", "weak_model_message", "holdout_warning", "DETECTION_RULES",
+           "DETECTION_THRESHOLD", "MIN_ACCURACY"]
 
 # A model is called backdoored when unlearning collapses it (running clean accuracy <= COLLAPSED)
 # and the collapsed model sends at least DETECTION_THRESHOLD of other classes' clean images to one
@@ -36,6 +37,14 @@ __all__ = ["defend", "detect_target", "weak_model_message", "holdout_warning", "
 # their errors, backdoored ones collapse onto the target (measured in docs/defend.md, "Target-label detection").
 DETECTION_THRESHOLD = 0.25
 COLLAPSED = 0.3
+# detection "emergent" also asks that the final class led alone when the collapse began: at the
+# first unlearning epoch where any class draws >= EMERGE_LEVEL of other classes' images, it draws
+# >= EMERGE_LEAD times the runner-up's share. A clean model's collapse starts spread over
+# look-alike classes and often changes its leader (measured on the Fashion-MNIST benchmark's 53
+# models in docs/quality.md, "Detection rules").
+DETECTION_RULES = ("collapse", "emergent")
+EMERGE_LEVEL = 0.10
+EMERGE_LEAD = 2.0
 MIN_HOLDOUT = 10  # held-out images below which one image is more than a 10-point accuracy step
 # A backdoored model is an accurate one on clean images (that is what hides the backdoor). A model
 # below this on the user's own clean images is mis-specified (normalisation, class order,
@@ -69,28 +78,56 @@ class Detection:
     score: float  # that share
     scores: list[float]  # per class
     unlearned_acc: float  # running clean accuracy of the last unlearning epoch
+    rule: str = "collapse"
+    emerged: bool = True  # the target led alone when the collapse began (what rule "emergent" adds)
 
     @property
     def backdoored(self) -> bool:
-        return self.unlearned_acc <= COLLAPSED and self.score >= DETECTION_THRESHOLD
+        collapsed = self.unlearned_acc <= COLLAPSED and self.score >= DETECTION_THRESHOLD
+        return collapsed and (self.rule == "collapse" or self.emerged)
 
 
-@torch.no_grad()
-def detect_target(unlearned: nn.Module, clean: DeviceData, num_classes: int, unlearned_acc: float = 0.0) -> Detection:
-    """Unlearning a backdoored model sends clean images to the backdoor target: find that class.
-
-    Predictions use batch statistics (train-mode BN), as unlearning itself saw the data;
-    with the running statistics the collapsed model often falls into an unrelated sink class.
-    """
-    probe = copy.deepcopy(unlearned).train()
-    preds = torch.cat([probe(x).argmax(1) for x, _ in clean.batches(256)])
-    labels = clean.labels
+def sink_scores(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
+    """Per class c: the share of other classes' images predicted as c."""
     scores = []
     for c in range(num_classes):
         others = labels != c
         scores.append((preds[others] == c).float().mean().item() if others.any() else 0.0)
+    return scores
+
+
+def emerged_alone(history: list[list[float]], target: int, level: float = EMERGE_LEVEL, lead: float = EMERGE_LEAD) -> bool:
+    """Whether `target` led alone at the first epoch of `history` (per-epoch sink scores) where any class drew >= level."""
+    for scores in history:
+        ranked = sorted(scores, reverse=True)
+        if ranked[0] >= level:
+            return scores.index(ranked[0]) == target and ranked[0] >= lead * ranked[1]
+    return False
+
+
+@torch.no_grad()
+def detect_target(unlearned: nn.Module, clean: DeviceData, num_classes: int, unlearned_acc: float = 0.0,
+                  history: list[list[float]] | None = None, rule: str = "collapse") -> Detection:
+    """Unlearning a backdoored model sends clean images to the backdoor target: find that class.
+
+    Predictions use batch statistics (train-mode BN), as unlearning itself saw the data;
+    with the running statistics the collapsed model often falls into an unrelated sink class.
+    `history`: the sink scores after each unlearning epoch, which rule "emergent" reads.
+    """
+    probe = copy.deepcopy(unlearned).train()
+    preds = torch.cat([probe(x).argmax(1) for x, _ in clean.batches(256)])
+    scores = sink_scores(preds, clean.labels, num_classes)
     target = max(range(num_classes), key=lambda c: scores[c])
-    return Detection(target, scores[target], scores, unlearned_acc)
+    emerged = emerged_alone(history if history is not None else [scores], target)
+    return Detection(target, scores[target], scores, unlearned_acc, rule, emerged)
+
+
+def no_evidence_message(d: Detection) -> str:
+    if d.rule == "emergent" and not d.emerged and d.unlearned_acc <= COLLAPSED and d.score >= DETECTION_THRESHOLD:
+        return (f"no evidence of a backdoor (unlearning sends {d.score:.0%} of other classes' images to class {d.target}, "
+                f"but that class did not lead alone when the collapse began, as look-alike classes do)")
+    return (f"no evidence of a backdoor (unlearning left {d.unlearned_acc:.0%} clean accuracy; "
+            f"at most {d.score:.0%} of other classes' images go to one class)")
 
 
 def _fmt(values: tuple[float, ...]) -> str:
@@ -121,13 +158,18 @@ def defend(
     force: bool = False,
     min_accuracy: float = MIN_ACCURACY,
     normalisation: str | None = None,
+    detection_rule: str = "collapse",
 ) -> tuple[nn.Module, dict]:
     """Purify `model` with clean `images` (N, C, H, W uint8) and `labels`.
 
     Returns (purified copy, report). The input model is not modified. A model scoring below
     `min_accuracy` on the clean images is refused (RnpError): it is mis-specified, not defended;
     `normalisation` says how mean/std were chosen, for that message (default: their values).
+    `detection_rule`: "collapse" (unlearning collapses the model onto one class) or "emergent"
+    (and that class led alone when the collapse began: fewer false alarms, fewer targets named).
     """
+    if detection_rule not in DETECTION_RULES:
+        raise RnpError(f"detection rule must be one of {', '.join(DETECTION_RULES)}, got {detection_rule!r}")
     cfg = cfg or Config()
     check_clean_data(labels, num_classes)
     compute = device if isinstance(device, Compute) else Compute(torch.device(device))
@@ -149,9 +191,15 @@ def defend(
     torch.manual_seed(cfg.seed)
 
     # 1) unlearn, and read the backdoor target off the unlearned model
-    last = {}
-    unlearned, epochs = unlearn(original, fit, cfg.unlearn, cfg.augment, seeded_generator(cfg.seed), lambda e, stats, m: last.update(acc=stats.acc))
-    detection = detect_target(unlearned, every, num_classes, last["acc"])
+    last, history = {}, []
+
+    def on_epoch(epoch, stats, m) -> None:
+        last.update(acc=stats.acc)
+        if detection_rule == "emergent":  # where the unlearned model sends other classes' images, epoch by epoch
+            history.append(detect_target(m, every, num_classes).scores)
+
+    unlearned, epochs = unlearn(original, fit, cfg.unlearn, cfg.augment, seeded_generator(cfg.seed), on_epoch)
+    detection = detect_target(unlearned, every, num_classes, last["acc"], history, detection_rule)
 
     # 2) recover masks on the unlearned model
     kind = resolve_mask_on(original, mask_on)
@@ -160,10 +208,7 @@ def defend(
     # 3) sweep the original model on held-out clean accuracy only; prune unless nothing points at a backdoor
     purified = copy.deepcopy(original)
     layers = mask_layers(purified, kind)
-    no_evidence = (
-        f"no evidence of a backdoor (unlearning left {detection.unlearned_acc:.0%} clean accuracy; "
-        f"at most {detection.score:.0%} of other classes' images go to one class)"
-    )
+    no_evidence = no_evidence_message(detection)
     blocked = None if detection.backdoored or force else no_evidence
     refit = constant_fitter(purified, layers, fit, cfg.prune, cfg.seed) if cfg.prune.fill == "fit" else None
     decision = decide_pruning(layers, masks, cfg.prune, lambda: {"holdout_acc": accuracy(purified, holdout)}, blocked=blocked, refit=refit)
@@ -181,6 +226,8 @@ def defend(
         "target_score": detection.score,
         "unlearned_acc": detection.unlearned_acc,
         "class_scores": detection.scores,
+        "detection_rule": detection_rule,
+        "epoch_scores": history,  # class_scores after each unlearning epoch (rule "emergent" only)
         "pruned": decision.pruned,
         "threshold": decision.threshold,
         "holdout_acc_before": decision.unpruned["holdout_acc"],

@@ -13,7 +13,7 @@ from ..config import Config
 from ..data import DeviceData
 from ..datasets import load_dataset
 from ..defense import MASK_ON, defend, mask_layers
-from ..defense.rnp_defense import MIN_ACCURACY
+from ..defense.rnp_defense import DETECTION_RULES, MIN_ACCURACY
 from ..errors import RnpError
 from ..io import StageWriter, csv_bytes, json_bytes, tensors_bytes
 from ..metrics import accuracy
@@ -100,10 +100,12 @@ def choose_normalisation(model: torch.nn.Module, clean, data_mean, data_std, min
 
 def run(cfg: Config, model_path: Path, arch: str, data: str, out: Path, defense_size: int = 500, image_size: int = 32,
         mean: str | None = None, std: str | None = None, mask_on: str = "auto", force: bool = False,
-        min_accuracy: float = MIN_ACCURACY) -> dict:
+        min_accuracy: float = MIN_ACCURACY, detection: str = "collapse") -> dict:
     check_arguments(out, defense_size, image_size)
     if not 0 <= min_accuracy <= 1:
         raise RnpError(f"--min-accuracy must be in [0, 1], got {min_accuracy}")
+    if detection not in DETECTION_RULES:
+        raise RnpError(f"--detection must be one of {', '.join(DETECTION_RULES)}, got {detection!r}")
     mean_v, std_v = _floats(mean, "--mean"), _floats(std, "--std", positive=True)
     clean, evaluation, classes, data_mean, data_std = clean_data(data, cfg, defense_size, image_size)
     channels = clean.images.shape[1]
@@ -122,7 +124,8 @@ def run(cfg: Config, model_path: Path, arch: str, data: str, out: Path, defense_
     seed_everything(cfg.seed)
 
     start = time.perf_counter()
-    purified, report = defend(model, clean.images, clean.labels, mean_v, std_v, classes, cfg, compute, mask_on, force, min_accuracy, how)
+    purified, report = defend(model, clean.images, clean.labels, mean_v, std_v, classes, cfg, compute, mask_on, force, min_accuracy, how,
+                              detection)
     report["normalisation"] = {"mean": list(mean_v), "std": list(std_v), "how": how}
     report["seconds"] = round(time.perf_counter() - start, 2)
     if evaluation is not None:  # clean test accuracy, for the person reading the report
