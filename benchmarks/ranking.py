@@ -43,6 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "ranking"
 DOC = ROOT / "docs" / "quality.md"
 KS = [4, 8, 12, 16, 24, 32]
+TUNED_KS = KS + [48, 64]  # fine-tuning keeps CA flat in k, so its sweeps go further
+CA_BUDGET = 0.02
 ORDER = ["masks (RNP)", "push to target, original model", "push to target, unlearned model",
          "push to target, unlearned model, 4 at a time", "push to target, unlearned model, constants fitted",
          "masks × push", "masks × push, constants fitted", "masks (RNP), fine-tuned", "push to target, unlearned model, fine-tuned",
@@ -137,6 +139,7 @@ def screen_cell(arch: str, attack: str, seed: int = 0, work: Path = WORK, saved:
     unlearned, _, _ = load_model(top / arch / "reference" / "unlearn" / "model.safetensors")
     masks, _ = load_tensors(top / arch / "reference" / "recover" / "masks.safetensors")
     clean_defense = device_data(top / "poison" / "defense.safetensors")
+    holdout = device_data(top / "poison" / "holdout.safetensors")
     test = device_data(top / "poison" / "test_clean.safetensors", TEST_IMAGES)
     triggered = device_data(top / "poison" / "test_poison.safetensors", TEST_IMAGES)
     true_target = read_json(top / "poison" / "params.json")["attack"]["target"]
@@ -150,22 +153,26 @@ def screen_cell(arch: str, attack: str, seed: int = 0, work: Path = WORK, saved:
     rankings["masks × push"] = masks_times_push(rankings["masks (RNP)"], rankings["push to target, unlearned model"])
     result = {"arch": arch, "attack": attack, "seed": seed, "target": true_target, "suspected": suspected,
               "before": [accuracy(original, test), asr(original, triggered, true_target)], "test_images": TEST_IMAGES,
-              "sweeps": dict(saved["sweeps"]) if saved else {}}
+              "before_holdout": accuracy(original, holdout), "sweeps": dict(saved["sweeps"]) if saved else {}}
     # each sweep: its scores and how the pruned channels are treated; constants fitted: a fourth number, ASR once
-    # the 10 class biases are refitted (the check of every purified model)
+    # the 10 class biases are refitted (the check of every purified model); fine-tuned: held-out accuracy, which
+    # alone chooses k (auto_k), to k = 64
     push, both = "push to target, unlearned model", "masks × push"
     sweeps = {name: (scores, {}) for name, scores in rankings.items()}
     sweeps |= {f"{b}, constants fitted": (rankings[b], {"fit_on": clean_defense}) for b in (push, both)}
     sweeps |= {f"{b}, fine-tuned": (rankings[b], {"tune_on": clean_defense}) for b in ("masks (RNP)", push, both)}
     for name, (scores, how) in sweeps.items():
-        if name in result["sweeps"]:
+        ks = TUNED_KS if "tune_on" in how else KS
+        if [p[0] for p in result["sweeps"].get(name, [])] == ks:
             continue
         points = []
-        for k in KS:
+        for k in ks:
             pruned = prune_top(original, scores, k, **how)
             point = [k, accuracy(pruned, test), asr(pruned, triggered, true_target)]
             if "fit_on" in how:
                 point.append(asr(refit_classifier_bias(pruned, clean_defense, NUM_CLASSES, PruneParams(), seed=0), triggered, true_target))
+            if "tune_on" in how:
+                point.append(accuracy(pruned, holdout))
             points.append(point)
         result["sweeps"][name] = points
         print(f"{arch} × {attack}: {name} done", flush=True)
@@ -173,7 +180,43 @@ def screen_cell(arch: str, attack: str, seed: int = 0, work: Path = WORK, saved:
 
 
 def meets(before_ca: float, ca: float, asr: float) -> bool:
-    return asr <= 0.05 and ca >= before_ca - 0.02
+    return asr <= 0.05 and ca >= before_ca - CA_BUDGET
+
+
+def auto_k(before_holdout: float, points: list[list[float]], budget: float = CA_BUDGET) -> list[float] | None:
+    """The largest k whose held-out accuracy (fine-tuned sweeps: [k, ca, asr, holdout]) is within `budget` of the
+    unpruned model's: prune as much as the defender's own images allow. None: no k does."""
+    ok = [p for p in points if p[3] >= before_holdout - budget - 1e-9]
+    return max(ok, key=lambda p: p[0]) if ok else None
+
+
+def auto_table(results: list[dict]) -> str:
+    """The fine-tuned sweeps with k chosen on the held-out images alone: CA / ASR there, and the cells it cleans."""
+    results = [r for r in results if "before_holdout" in r]
+    names = [n for n in ORDER if n.endswith("fine-tuned") and any(n in r["sweeps"] for r in results)]
+    lines = ["| cell | before CA / ASR (held-out) | " + " | ".join(f"{n}: auto k, CA / ASR" for n in names) + " |",
+             "|---|---:|" + "---:|" * len(names)]
+    clean = dict.fromkeys(names, 0)
+    for r in results:
+        ca0, asr0 = r["before"]
+        cells = []
+        for n in names:
+            chosen = auto_k(r["before_holdout"], r["sweeps"][n]) if n in r["sweeps"] else None
+            if chosen is None:
+                cells.append("—" if n not in r["sweeps"] else "none within budget")
+                continue
+            k, ca, asr_after = chosen[:3]
+            hit = meets(ca0, ca, asr_after)
+            clean[n] += hit
+            bold = "**" if hit else ""
+            cells.append(f"{bold}{k}: {100 * ca:.1f} / {100 * asr_after:.1f}{bold}")
+        lines.append(f"| {r['arch']} × {r['attack']}, seed {r['seed']} | {100 * ca0:.1f} / {100 * asr0:.1f} "
+                     f"({100 * r['before_holdout']:.1f}) | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"Automatic k (the largest of {', '.join(map(str, TUNED_KS))} whose held-out accuracy after fine-tuning is within "
+                 f"{100 * CA_BUDGET:g} points of the unpruned model's): cells clean after (ASR ≤ 5 %, test CA within 2 points) "
+                 + "; ".join(f"{n} {clean[n]} of {len(results)}" for n in names) + ".")
+    return "\n".join(lines)
 
 
 def table(results: list[dict]) -> str:
@@ -196,14 +239,15 @@ def table(results: list[dict]) -> str:
             best = max(ok, key=lambda p: p[1])
             k, ca, asr_after = best[:3]
             bold = "**" if meets(ca0, ca, asr_after) else ""
-            check = f" (class biases refitted: {100 * best[3]:.1f})" if len(best) > 3 else ""
+            check = f" (class biases refitted: {100 * best[3]:.1f})" if n.endswith("constants fitted") else ""
             cells.append(f"{bold}{k}: {100 * ca:.1f} / {100 * asr_after:.1f}{bold}{check}")
         suspected = "" if r["suspected"] == r["target"] else f" (suspected {r['suspected']}, target {r['target']})"
         lines.append(f"| {r['arch']} × {r['attack']}, seed {r['seed']}{suspected} | {100 * ca0:.1f} / {100 * asr0:.1f} | " + " | ".join(cells) + " |")
     had = {n: [r for r in results if n in r["sweeps"]] for n in names}
     hits = {n: sum(any(meets(r["before"][0], p[1], p[2]) for p in r["sweeps"][n]) for r in rs) for n, rs in had.items()}
     lines.append("")
-    lines.append(f"Cells where some k meets the target (ASR ≤ 5 %, CA within 2 points; test labels, k = {', '.join(map(str, KS))}): "
+    lines.append(f"Cells where some k meets the target (ASR ≤ 5 %, CA within 2 points; test labels, k = {', '.join(map(str, KS))}; "
+                 f"fine-tuned also {', '.join(map(str, TUNED_KS[len(KS):]))}): "
                  + "; ".join(f"{n} {h} of {len(had[n])}" for n, h in hits.items()) + ".")
     return "\n".join(lines)
 
@@ -234,8 +278,10 @@ def main(argv: list[str] | None = None) -> str:
             atomic_write_bytes(path, json_bytes(screen_cell(arch, attack, 0, args.work, saved)))
     results = [read_json(p) for p in sorted(RESULTS.glob("*.json"))]
     text = table(results)
-    print(text)
+    auto = auto_table(results)
+    print(text + "\n\n" + auto)
     write_marked(text, DOC, "ranking")
+    write_marked(auto, DOC, "ranking_auto")
     return text
 
 

@@ -82,3 +82,19 @@ def test_a_bad_or_missing_cell_is_one_line_and_exit_2(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert stop.value.code == 2 and message in err[-1]
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_the_automatic_k_prunes_as_much_as_the_held_out_images_allow_and_never_reads_test_numbers():
+    from benchmarks.ranking import auto_k, auto_table
+
+    # [k, test CA, test ASR, held-out accuracy]
+    points = [[4, 0.91, 0.60, 0.93], [8, 0.90, 0.20, 0.925], [16, 0.60, 0.00, 0.90], [32, 0.91, 0.01, 0.93]]
+    assert auto_k(0.94, points) == [32, 0.91, 0.01, 0.93]  # the largest k within 2 held-out points, not the first
+    assert auto_k(0.94, points[:3]) == [8, 0.90, 0.20, 0.925]
+    assert auto_k(0.99, points) is None
+    cell = {"arch": "a", "attack": "trojan", "seed": 0, "target": 2, "suspected": 2, "before": [0.92, 1.0], "before_holdout": 0.94,
+            "sweeps": {"masks × push, fine-tuned": points}}
+    text = auto_table([cell, {**cell, "attack": "blend", "sweeps": {"masks × push, fine-tuned": points[:3]}}])
+    assert "| a × trojan, seed 0 | 92.0 / 100.0 (94.0) | **32: 91.0 / 1.0** |" in text
+    assert "| a × blend, seed 0 | 92.0 / 100.0 (94.0) | 8: 90.0 / 20.0 |" in text
+    assert text.endswith("masks × push, fine-tuned 1 of 2.")
