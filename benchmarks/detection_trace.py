@@ -36,8 +36,8 @@ from rnp.stages._common import load_imageset
 from rnp.training import seeded_generator
 
 from .effectiveness import write_marked
-from .levers import cached_models
-from .quality import ATTACKS, CLEAN, CPU_ARCHS, WORK, cell_config, cell_name
+from .levers import add_model_options, cached_models
+from .quality import CLEAN, cell_config, cell_name
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "detection_trace"
@@ -170,12 +170,7 @@ def main(argv: list[str] | None = None) -> str:
     import yaml
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--archs", nargs="+", default=CPU_ARCHS)
-    ap.add_argument("--attacks", nargs="+", default=ATTACKS + [CLEAN], choices=ATTACKS + [CLEAN])
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--work", type=Path, default=WORK)
-    ap.add_argument("--table-only", action="store_true")
-    ap.add_argument("--no-doc", action="store_true")
+    add_model_options(ap)
     args = ap.parse_args(argv)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     if not args.table_only:

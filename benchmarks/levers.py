@@ -39,7 +39,7 @@ from rnp.stages._common import load_imageset
 from rnp.training import fit_parameters, seeded_generator
 
 from .effectiveness import write_marked
-from .quality import ARCHS, ATTACKS, CLEAN, WORK, cell_config, cell_name, pct
+from .quality import ARCHS, ATTACKS, CLEAN, CPU_ARCHS, WORK, cell_config, cell_name, pct
 from .quality import RESULTS as QUALITY_RESULTS
 from .quality import score as quality_score
 
@@ -153,6 +153,16 @@ def cached_models(work: Path, archs, attacks, seeds) -> list[tuple[str, str, int
         if trained.exists() and (QUALITY_RESULTS / "reference" / f"{cell_name(arch, attack, seed)}.json").exists():
             found.append((arch, attack, seed))
     return found
+
+
+def add_model_options(ap: argparse.ArgumentParser) -> None:
+    """The options of every screen over the models `benchmarks.quality` cached: which models, and whether to run."""
+    ap.add_argument("--archs", nargs="+", default=CPU_ARCHS, choices=list(ARCHS))
+    ap.add_argument("--attacks", nargs="+", default=ATTACKS + [CLEAN], choices=ATTACKS + [CLEAN])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--work", type=Path, default=WORK)
+    ap.add_argument("--table-only", action="store_true", help="score the saved results; run nothing")
+    ap.add_argument("--no-doc", action="store_true", help="print the table, leave the docs alone")
 
 
 def subset(data: ImageSet, extra: dict, n: int) -> tuple[ImageSet, dict]:
@@ -320,12 +330,7 @@ def main(argv: list[str] | None = None) -> str:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--levers", nargs="+", default=list(LEVERS), choices=list(LEVERS))
-    ap.add_argument("--archs", nargs="+", default=["small_cnn", "wrn16_1"], choices=list(ARCHS))
-    ap.add_argument("--attacks", nargs="+", default=ATTACKS + [CLEAN], choices=ATTACKS + [CLEAN])
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--work", type=Path, default=WORK)
-    ap.add_argument("--table-only", action="store_true")
-    ap.add_argument("--no-doc", action="store_true")
+    add_model_options(ap)
     args = ap.parse_args(argv)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     models = cached_models(args.work, args.archs, args.attacks, args.seeds)
