@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -132,8 +133,10 @@ def device_data(path: Path, n: int | None = None) -> DeviceData:
     return info.to_device(images, "cpu")
 
 
-def screen_cell(arch: str, attack: str, seed: int = 0, work: Path = WORK, saved: dict | None = None) -> dict:
-    """Every ranking's sweep for one cell; sweeps already in `saved` are kept, not rerun."""
+def screen_cell(arch: str, attack: str, seed: int = 0, work: Path = WORK, saved: dict | None = None,
+                only: list[str] | None = None, save: Callable[[dict], None] | None = None) -> dict:
+    """Every ranking's sweep for one cell (or the sweeps named in `only`); sweeps already in `saved` are kept, not
+    rerun; `save` gets the result after each sweep, so an interrupted screen keeps what it finished."""
     top = work / attack / f"seed{seed}"
     original, _, _ = load_model(top / arch / "train" / "model.safetensors")
     unlearned, _, _ = load_model(top / arch / "reference" / "unlearn" / "model.safetensors")
@@ -149,7 +152,9 @@ def screen_cell(arch: str, attack: str, seed: int = 0, work: Path = WORK, saved:
         "push to target, unlearned model": target_scores(unlearned, clean_defense, suspected, batch_stats=True),
         "push to target, original model": target_scores(original, clean_defense, suspected, batch_stats=False),
     }
-    rankings["push to target, unlearned model, 4 at a time"] = iterative_scores(unlearned, clean_defense, suspected, max(KS))
+    greedy = "push to target, unlearned model, 4 at a time"
+    if only is None or greedy in only:  # the costly one: scored again after every 4 channels
+        rankings[greedy] = iterative_scores(unlearned, clean_defense, suspected, max(KS))
     rankings["masks × push"] = masks_times_push(rankings["masks (RNP)"], rankings["push to target, unlearned model"])
     result = {"arch": arch, "attack": attack, "seed": seed, "target": true_target, "suspected": suspected,
               "before": [accuracy(original, test), asr(original, triggered, true_target)], "test_images": TEST_IMAGES,
@@ -163,7 +168,7 @@ def screen_cell(arch: str, attack: str, seed: int = 0, work: Path = WORK, saved:
     sweeps |= {f"{b}, fine-tuned": (rankings[b], {"tune_on": clean_defense}) for b in ("masks (RNP)", push, both)}
     for name, (scores, how) in sweeps.items():
         ks = TUNED_KS if "tune_on" in how else KS
-        if [p[0] for p in result["sweeps"].get(name, [])] == ks:
+        if [p[0] for p in result["sweeps"].get(name, [])] == ks or (only is not None and name not in only):
             continue
         points = []
         for k in ks:
@@ -175,6 +180,8 @@ def screen_cell(arch: str, attack: str, seed: int = 0, work: Path = WORK, saved:
                 point.append(accuracy(pruned, holdout))
             points.append(point)
         result["sweeps"][name] = points
+        if save is not None:
+            save(result)
         print(f"{arch} × {attack}: {name} done", flush=True)
     return result
 
@@ -264,6 +271,7 @@ def main(argv: list[str] | None = None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("cells", nargs="*", type=cell_spec, metavar="ARCH:ATTACK", help="seed-0 cells benchmarks.quality has made")
     ap.add_argument("--work", type=Path, default=WORK)
+    ap.add_argument("--sweeps", nargs="+", choices=ORDER, metavar="NAME", help="run only these sweeps (default: every one)")
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
@@ -275,7 +283,7 @@ def main(argv: list[str] | None = None) -> str:
             path = RESULTS / f"{arch}-{attack}-seed0.json"
             saved = read_json(path) if path.exists() else None
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(path, json_bytes(screen_cell(arch, attack, 0, args.work, saved)))
+            screen_cell(arch, attack, 0, args.work, saved, args.sweeps, lambda result, path=path: atomic_write_bytes(path, json_bytes(result)))
     results = [read_json(p) for p in sorted(RESULTS.glob("*.json"))]
     text = table(results)
     auto = auto_table(results)
