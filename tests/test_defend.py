@@ -80,9 +80,10 @@ def torchvision_model_file(tmp_path_factory):
 def test_the_command_purifies_a_torchvision_model_trained_elsewhere(torchvision_model_file, tmp_path, capsys):
     out = tmp_path / "out" / "purified.safetensors"
     args = ["defend", "--model", str(torchvision_model_file), "--arch", "torchvision:resnet18", "--data", "digits",
-            "--defense-size", "300", "--out", str(out), "--force"]
+            "--defense-size", "300", "--out", str(out), "--force", "--detection", "emergent"]
     assert main(args) == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "out/purified.report.json").read_text())
+    assert report["detection_rule"] == "emergent" and len(report["epoch_scores"]) == report["unlearn_epochs"]
     assert {"verdict", "suspected_target", "target_score", "pruned", "threshold", "test_acc_before", "test_acc_after"} <= set(report)
     assert report["mask_on"] == "bn" and report["pruned"] >= 0
     for name in ("purified.masks.safetensors", "purified.curve.csv", "purified.curve.png"):
