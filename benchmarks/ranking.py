@@ -200,7 +200,7 @@ def auto_k(before_holdout: float, points: list[list[float]], budget: float = CA_
 def auto_table(results: list[dict]) -> str:
     """The fine-tuned sweeps with k chosen on the held-out images alone: CA / ASR there, and the cells it cleans."""
     results = [r for r in results if "before_holdout" in r]
-    names = [n for n in ORDER if n.endswith("fine-tuned") and any(n in r["sweeps"] for r in results)]
+    names = [n for n in ORDER if n.endswith("fine-tuned") and any(len(r["sweeps"].get(n, [[]])[0]) > 3 for r in results)]
     lines = ["| cell | before CA / ASR (held-out) | " + " | ".join(f"{n}: auto k, CA / ASR" for n in names) + " |",
              "|---|---:|" + "---:|" * len(names)]
     clean = dict.fromkeys(names, 0)
@@ -208,9 +208,10 @@ def auto_table(results: list[dict]) -> str:
         ca0, asr0 = r["before"]
         cells = []
         for n in names:
-            chosen = auto_k(r["before_holdout"], r["sweeps"][n]) if n in r["sweeps"] else None
+            measured = len(r["sweeps"].get(n, [[]])[0]) > 3  # saved before the held-out accuracy was recorded: not scored
+            chosen = auto_k(r["before_holdout"], r["sweeps"][n]) if measured else None
             if chosen is None:
-                cells.append("—" if n not in r["sweeps"] else "none within budget")
+                cells.append("none within budget" if measured else "—")
                 continue
             k, ca, asr_after = chosen[:3]
             hit = meets(ca0, ca, asr_after)
@@ -222,7 +223,7 @@ def auto_table(results: list[dict]) -> str:
     lines.append("")
     lines.append(f"Automatic k (the largest of {', '.join(map(str, TUNED_KS))} whose held-out accuracy after fine-tuning is within "
                  f"{100 * CA_BUDGET:g} points of the unpruned model's): cells clean after (ASR ≤ 5 %, test CA within 2 points) "
-                 + "; ".join(f"{n} {clean[n]} of {len(results)}" for n in names) + ".")
+                 + "; ".join(f"{n} {clean[n]} of {sum(len(r['sweeps'].get(n, [[]])[0]) > 3 for r in results)}" for n in names) + ".")
     return "\n".join(lines)
 
 

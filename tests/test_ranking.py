@@ -94,7 +94,9 @@ def test_the_automatic_k_prunes_as_much_as_the_held_out_images_allow_and_never_r
     assert auto_k(0.99, points) is None
     cell = {"arch": "a", "attack": "trojan", "seed": 0, "target": 2, "suspected": 2, "before": [0.92, 1.0], "before_holdout": 0.94,
             "sweeps": {"masks × push, fine-tuned": points}}
-    text = auto_table([cell, {**cell, "attack": "blend", "sweeps": {"masks × push, fine-tuned": points[:3]}}])
+    older = {**cell, "attack": "wanet", "sweeps": {"masks × push, fine-tuned": [p[:3] for p in points]}}  # no held-out numbers
+    text = auto_table([cell, {**cell, "attack": "blend", "sweeps": {"masks × push, fine-tuned": points[:3]}}, older])
     assert "| a × trojan, seed 0 | 92.0 / 100.0 (94.0) | **32: 91.0 / 1.0** |" in text
     assert "| a × blend, seed 0 | 92.0 / 100.0 (94.0) | 8: 90.0 / 20.0 |" in text
-    assert text.endswith("masks × push, fine-tuned 1 of 2.")
+    assert "| a × wanet, seed 0 | 92.0 / 100.0 (94.0) | — |" in text
+    assert text.endswith("masks × push, fine-tuned 1 of 2.")  # the sweep without held-out numbers is not counted
