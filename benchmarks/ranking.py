@@ -1,6 +1,7 @@
 """Screening a different channel ranking (issue 14): channels that push clean images to the suspected target.
 
     python -m benchmarks.ranking wrn16_1:badnets small_cnn:trojan ...   # cells benchmarks.quality has made (seed 0)
+    python -m benchmarks.ranking wrn16_1:trojan --seeds 1 2 --sweeps "masks × push, fine-tuned"
     python -m benchmarks.ranking --table-only                           # the table from the saved results
 
 RNP ranks BN channels by their recovered masks. The quality benchmark found that no
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -270,21 +272,22 @@ def cell_spec(text: str) -> tuple[str, str]:
 
 def main(argv: list[str] | None = None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("cells", nargs="*", type=cell_spec, metavar="ARCH:ATTACK", help="seed-0 cells benchmarks.quality has made")
+    ap.add_argument("cells", nargs="*", type=cell_spec, metavar="ARCH:ATTACK", help="cells benchmarks.quality has made")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0], help="the cells' seeds (default 0)")
     ap.add_argument("--work", type=Path, default=WORK)
     ap.add_argument("--sweeps", nargs="+", choices=ORDER, metavar="NAME", help="run only these sweeps (default: every one)")
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     if not args.table_only:
-        for arch, attack in args.cells:
-            if not (args.work / attack / "seed0" / arch / "reference" / "recover" / "masks.safetensors").exists():
-                ap.error(f"no cached {arch} x {attack} seed-0 cell under {args.work}: run python -m benchmarks.quality "
-                         f"--seeds 0 --archs {arch} --attacks {attack} first")
-            path = RESULTS / f"{arch}-{attack}-seed0.json"
+        for seed, (arch, attack) in itertools.product(args.seeds, args.cells):
+            if not (args.work / attack / f"seed{seed}" / arch / "reference" / "recover" / "masks.safetensors").exists():
+                ap.error(f"no cached {arch} x {attack} seed-{seed} cell under {args.work}: run python -m benchmarks.quality "
+                         f"--seeds {seed} --archs {arch} --attacks {attack} first")
+            path = RESULTS / f"{arch}-{attack}-seed{seed}.json"
             saved = read_json(path) if path.exists() else None
             path.parent.mkdir(parents=True, exist_ok=True)
-            screen_cell(arch, attack, 0, args.work, saved, args.sweeps, lambda result, path=path: atomic_write_bytes(path, json_bytes(result)))
+            screen_cell(arch, attack, seed, args.work, saved, args.sweeps, lambda result, path=path: atomic_write_bytes(path, json_bytes(result)))
     results = [read_json(p) for p in sorted(RESULTS.glob("*.json"))]
     text = table(results)
     auto = auto_table(results)
