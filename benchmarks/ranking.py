@@ -199,33 +199,49 @@ def auto_k(before_holdout: float, points: list[list[float]], budget: float = CA_
     return max(ok, key=lambda p: p[0]) if ok else None
 
 
-def auto_table(results: list[dict]) -> str:
-    """The fine-tuned sweeps with k chosen on the held-out images alone: CA / ASR there, and the cells it cleans."""
+def held_out_measured(r: dict, name: str) -> bool:
+    """The sweep exists and carries held-out accuracy (sweeps saved before it was recorded do not)."""
+    return len(r["sweeps"].get(name, [[]])[0]) > 3
+
+
+def auto_clean(r: dict, name: str, budget: float) -> bool:
+    chosen = auto_k(r["before_holdout"], r["sweeps"][name], budget)
+    return chosen is not None and meets(r["before"][0], chosen[1], chosen[2])
+
+
+def auto_table(results: list[dict], budgets: tuple[float, ...] = (CA_BUDGET, 0.03)) -> str:
+    """The fine-tuned sweeps with k chosen on the held-out images alone: CA / ASR there (first budget), and per budget the
+    cells it cleans, seed 0 (where the rule was set) apart from seeds 1-2 (the check)."""
     results = [r for r in results if "before_holdout" in r]
-    names = [n for n in ORDER if n.endswith("fine-tuned") and any(len(r["sweeps"].get(n, [[]])[0]) > 3 for r in results)]
+    names = [n for n in ORDER if n.endswith("fine-tuned") and any(held_out_measured(r, n) for r in results)]
     lines = ["| cell | before CA / ASR (held-out) | " + " | ".join(f"{n}: auto k, CA / ASR" for n in names) + " |",
              "|---|---:|" + "---:|" * len(names)]
-    clean = dict.fromkeys(names, 0)
     for r in results:
         ca0, asr0 = r["before"]
         cells = []
         for n in names:
-            measured = len(r["sweeps"].get(n, [[]])[0]) > 3  # saved before the held-out accuracy was recorded: not scored
-            chosen = auto_k(r["before_holdout"], r["sweeps"][n]) if measured else None
+            chosen = auto_k(r["before_holdout"], r["sweeps"][n], budgets[0]) if held_out_measured(r, n) else None
             if chosen is None:
-                cells.append("none within budget" if measured else "—")
+                cells.append("none within budget" if held_out_measured(r, n) else "—")
                 continue
             k, ca, asr_after = chosen[:3]
-            hit = meets(ca0, ca, asr_after)
-            clean[n] += hit
-            bold = "**" if hit else ""
+            bold = "**" if meets(ca0, ca, asr_after) else ""
             cells.append(f"{bold}{k}: {100 * ca:.1f} / {100 * asr_after:.1f}{bold}")
         lines.append(f"| {r['arch']} × {r['attack']}, seed {r['seed']} | {100 * ca0:.1f} / {100 * asr0:.1f} "
                      f"({100 * r['before_holdout']:.1f}) | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(f"Automatic k (the largest of {', '.join(map(str, TUNED_KS))} whose held-out accuracy after fine-tuning is within "
-                 f"{100 * CA_BUDGET:g} points of the unpruned model's): cells clean after (ASR ≤ 5 %, test CA within 2 points) "
-                 + "; ".join(f"{n} {clean[n]} of {sum(len(r['sweeps'].get(n, [[]])[0]) > 3 for r in results)}" for n in names) + ".")
+    lines.append(f"Automatic k: the largest of {', '.join(map(str, TUNED_KS))} whose held-out accuracy after fine-tuning is within "
+                 f"the budget of the unpruned model's (the table: {100 * budgets[0]:g} points). Cells clean after (ASR ≤ 5 %, test CA "
+                 f"within 2 points):")
+    lines.append("")
+    for budget in budgets:
+        counts = []
+        for n in names:
+            for label, group in (("seed 0", [0]), ("seeds 1–2", [1, 2])):
+                rs = [r for r in results if r["seed"] in group and held_out_measured(r, n)]
+                if rs:
+                    counts.append(f"{n}, {label}: {sum(auto_clean(r, n, budget) for r in rs)} of {len(rs)}")
+        lines.append(f"- held-out budget {100 * budget:g} points: " + "; ".join(counts) + ".")
     return "\n".join(lines)
 
 

@@ -99,4 +99,8 @@ def test_the_automatic_k_prunes_as_much_as_the_held_out_images_allow_and_never_r
     assert "| a × trojan, seed 0 | 92.0 / 100.0 (94.0) | **32: 91.0 / 1.0** |" in text
     assert "| a × blend, seed 0 | 92.0 / 100.0 (94.0) | 8: 90.0 / 20.0 |" in text
     assert "| a × wanet, seed 0 | 92.0 / 100.0 (94.0) | — |" in text
-    assert text.endswith("masks × push, fine-tuned 1 of 2.")  # the sweep without held-out numbers is not counted
+    # the sweep without held-out numbers is not counted; a seed-1 cell is counted apart from seed 0 (the check)
+    assert "- held-out budget 2 points: masks × push, fine-tuned, seed 0: 1 of 2." in text
+    text = auto_table([cell, {**cell, "seed": 1, "before_holdout": 0.955}], budgets=(0.02, 0.03))
+    assert text.endswith("- held-out budget 2 points: masks × push, fine-tuned, seed 0: 1 of 1; masks × push, fine-tuned, seeds 1–2: 0 of 1.\n"
+                         "- held-out budget 3 points: masks × push, fine-tuned, seed 0: 1 of 1; masks × push, fine-tuned, seeds 1–2: 1 of 1.")
