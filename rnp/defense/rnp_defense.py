@@ -40,8 +40,8 @@ COLLAPSED = 0.3
 # detection "emergent" also asks that the final class led alone when the collapse began: at the
 # first unlearning epoch where any class draws >= EMERGE_LEVEL of other classes' images, it draws
 # >= EMERGE_LEAD times the runner-up's share. A clean model's collapse starts spread over
-# look-alike classes and often changes its leader (measured on the Fashion-MNIST benchmark's 53
-# models in docs/quality.md, "Detection rules").
+# look-alike classes and often changes its leader (measured on every model of the Fashion-MNIST
+# benchmark in docs/quality.md, "Detection rules").
 DETECTION_RULES = ("collapse", "emergent")
 EMERGE_LEVEL = 0.10
 EMERGE_LEAD = 2.0
