@@ -38,6 +38,7 @@ from rnp.training import seeded_generator
 from .effectiveness import write_marked
 from .levers import add_model_options, cached_models
 from .quality import CLEAN, cell_config, cell_name
+from .quality import RESULTS as QUALITY_RESULTS
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "detection_trace"
@@ -54,8 +55,8 @@ def confusion(model: nn.Module, data: DeviceData, num_classes: int) -> list[list
     return counts.view(num_classes, num_classes).tolist()
 
 
-def trace_model(params: dict, arch: str, attack: str, seed: int, work: Path) -> dict:
-    cfg = cell_config(params, arch, attack, seed, "reference", {"device": "cpu"})
+def trace_model(params: dict, arch: str, attack: str, seed: int, work: Path, out: Path = RESULTS, device: str = "cpu") -> dict:
+    cfg = cell_config(params, arch, attack, seed, "reference", {"device": device})
     top = work / attack / f"seed{seed}"
     fit_set, info, _ = load_imageset(top / "poison" / "defense.safetensors")
     held_set, _, _ = load_imageset(top / "poison" / "holdout.safetensors")
@@ -75,7 +76,7 @@ def trace_model(params: dict, arch: str, attack: str, seed: int, work: Path) -> 
     unlearn(original, fit, cfg.unlearn, cfg.augment, seeded_generator(cfg.seed), on_epoch)
     result = {"arch": arch, "attack": attack, "seed": seed, "target": cfg.attack.target, "trace": trace,
               "seconds": round(time.perf_counter() - start, 1), "threads": torch.get_num_threads()}
-    atomic_write_bytes(RESULTS / f"{cell_name(arch, attack, seed)}.json", json_bytes(result))
+    atomic_write_bytes(out / f"{cell_name(arch, attack, seed)}.json", json_bytes(result))
     return result
 
 
@@ -171,14 +172,17 @@ def main(argv: list[str] | None = None) -> str:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_options(ap)
+    ap.add_argument("--results", type=Path, default=QUALITY_RESULTS, help="the quality cells that say which models to trace")
+    ap.add_argument("--out", type=Path, default=RESULTS, help=f"where traces go (default {RESULTS.relative_to(ROOT)})")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the GPU check traces the ResNet-18 models it trains)")
     args = ap.parse_args(argv)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     if not args.table_only:
-        for arch, attack, seed in cached_models(args.work, args.archs, args.attacks, args.seeds):
-            if not (RESULTS / f"{cell_name(arch, attack, seed)}.json").exists():
-                r = trace_model(params, arch, attack, seed, args.work)
+        for arch, attack, seed in cached_models(args.work, args.archs, args.attacks, args.seeds, args.results):
+            if not (args.out / f"{cell_name(arch, attack, seed)}.json").exists():
+                r = trace_model(params, arch, attack, seed, args.work, args.out, args.device)
                 print(f"{cell_name(arch, attack, seed)}: {len(r['trace']) - 1} epochs, {r['seconds']:.0f} s", flush=True)
-    rs = [read_json(p) for p in sorted(RESULTS.glob("*.json"))]
+    rs = [read_json(p) for p in sorted(args.out.glob("*.json"))]
     text = rules_table(rs)
     print(text)
     if not args.no_doc:

@@ -3,21 +3,24 @@
     bash benchmarks/device_check.sh --out $OUT           # on a GPU machine
     bash benchmarks/device_check.sh --dry --out /tmp/dc  # every part on the CPU, tiny, in about a minute (CI runs this)
 
-Parts, in order of value, each a subprocess with its own time budget so that a
+Parts, in the order they run, each a subprocess with its own time budget so that a
 slow part cannot starve the rest:
 
-1. speed: workload (c), CIFAR-10 shapes with ResNet-18: the defense's seconds
+1. quality: the Fashion-MNIST paper-ratio cells with resnet18 on the full training
+   set, every attack and the clean model, seeds 0-2, going on from the cells already
+   committed (benchmarks.quality); new cells come back under <out>/quality/;
+2. detection: the unlearning traces of the models part 1 trained, for the detection
+   rules' table (benchmarks.detection_trace), under <out>/detection_trace/;
+3. speed: workload (c), CIFAR-10 shapes with ResNet-18: the defense's seconds
    and training images/s in fp32, bf16 and bf16 + torch.compile, against the
    reference-style baseline in the same call (benchmarks.speed);
-2. quality: the Fashion-MNIST paper-ratio cell with resnet18 on the full training
-   set, for BadNets, Blend and WaNet, seed 0 (benchmarks.quality);
-3. dvc: the default pipeline with `device: cuda`: wall time, and whether its
+4. dvc: the default pipeline with `device: cuda`: wall time, and whether its
    metrics match the committed CPU metrics within TOLERANCE;
-4. facts: nvidia-smi's name, memory and driver, and each part's peak GPU memory
+5. facts: nvidia-smi's name, memory and driver, and each part's peak GPU memory
    (nvidia-smi, sampled twice a second while the part runs).
 
 Everything lands in <out>/device_check.json (and each part's own JSON beside
-it, six files in all); a summary table is printed at the end. Fashion-MNIST is read from
+it); a summary table is printed at the end. Fashion-MNIST is read from
 data/raw/fashion-mnist (copy the four .gz files there before sending the tree).
 """
 
@@ -51,20 +54,30 @@ def plan(dry: bool, out: Path, work: Path) -> list[tuple[str, int, list[str]]]:
             ("quality", 90, [*py, "benchmarks.quality", "--archs", "small_cnn", "--attacks", "badnets", "--seeds", "0",
                              "--device", "cpu", "--subset", "1200", "--set", "train.epochs=1", "--set", "precision=fp32",
                              "--results", str(work / "quality-results"), "--work", str(work / "quality"), "--no-doc"]),
+            ("detection", 60, [*py, "benchmarks.detection_trace", "--archs", "small_cnn", "--attacks", "badnets", "--seeds", "0",
+                               *trace_paths(out, work), "--device", "cpu"]),
             ("dvc", 120, [*py, "benchmarks.device_check", "--dvc-part", "cpu", "--out", str(out),
                          "--set", "train.epochs=2", "--set", "unlearn.max_epochs=2", "--set", "recover.epochs=2"]),
         ]
     # On an H100 (2026-11-27) the rnp precisions take well under a minute together, the reference-style baseline
     # longer than the whole check, a quality cell about a minute, the dvc part 20 s: so the baseline runs last and
     # keeps the phases it finishes, and the quality part goes on from the cells already committed. The open issues
-    # need the ResNet-18 quality cells most, so they run first and get most of the time.
+    # need the ResNet-18 quality cells most, so they run first and get most of the time; the detection traces of the
+    # models they train take seconds and can only be made here, where those models are.
     return [
-        ("quality", 330, [*py, "benchmarks.quality", "--archs", "resnet18", "--seeds", "0", "1", "2", "--device", "cuda",
+        ("quality", 300, [*py, "benchmarks.quality", "--archs", "resnet18", "--seeds", "0", "1", "2", "--device", "cuda",
                           "--results", str(work / "quality-results"), "--work", str(work / "quality"), "--no-doc"]),
+        # the unlearning traces of the ResNet-18 models the quality part trained here (docs/quality.md, "Detection rules")
+        ("detection", 30, [*py, "benchmarks.detection_trace", "--archs", "resnet18", *trace_paths(out, work), "--device", "cuda"]),
         ("speed", 150, [*py, "benchmarks.speed", "--workload", "c", "--device", "cuda", "--precision", "bf16,fp32,bf16+compile",
                         "--batch-size", "512", "--baseline-last", "--json", str(out / "speed.json")]),
         ("dvc", 30, [*py, "benchmarks.device_check", "--dvc-part", "cuda", "--out", str(out)]),
     ]
+
+
+def trace_paths(out: Path, work: Path) -> list[str]:
+    """detection_trace reads the models and cells the quality part made in `work`, and sends its traces back in `out`."""
+    return ["--results", str(work / "quality-results"), "--work", str(work / "quality"), "--out", str(out / "detection_trace"), "--no-doc"]
 
 
 def seed_quality_results(dry: bool, work: Path) -> set[str]:

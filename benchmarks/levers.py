@@ -141,7 +141,7 @@ def repair_fitter(model: nn.Module, layers: dict[str, nn.Module], clean: DeviceD
     return refit
 
 
-def cached_models(work: Path, archs, attacks, seeds) -> list[tuple[str, str, int]]:
+def cached_models(work: Path, archs, attacks, seeds, results: Path = QUALITY_RESULTS) -> list[tuple[str, str, int]]:
     """(arch, attack, seed) whose trained model `benchmarks.quality` has cached and measured (its reference cell is saved).
 
     Not keyed on today's params: models cached before a params key existed (e.g. attack.lc.perturb_background,
@@ -150,7 +150,7 @@ def cached_models(work: Path, archs, attacks, seeds) -> list[tuple[str, str, int
     found = []
     for seed, attack, arch in itertools.product(seeds, attacks, archs):
         trained = work / attack / f"seed{seed}" / arch / "train" / "metrics.json"
-        if trained.exists() and (QUALITY_RESULTS / "reference" / f"{cell_name(arch, attack, seed)}.json").exists():
+        if trained.exists() and (results / "reference" / f"{cell_name(arch, attack, seed)}.json").exists():
             found.append((arch, attack, seed))
     return found
 

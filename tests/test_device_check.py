@@ -23,12 +23,17 @@ def test_dry_device_check_runs_every_part_and_its_results_fit_what_the_device_to
                        env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads((tmp_path / "device_check.json").read_text())
-    assert report["dry"] and {name: part["status"] for name, part in report["parts"].items()} == {"speed": "ok", "quality": "ok", "dvc": "ok"}
+    assert report["dry"] and {name: part["status"] for name, part in report["parts"].items()} == {
+        "speed": "ok", "quality": "ok", "detection": "ok", "dvc": "ok"}
     speed = json.loads((tmp_path / "speed.json").read_text())
     assert set(speed["rnp"]) == {"fp32", "bf16"} and speed["baseline"]["prune"] > 0  # the baseline runs in the same call
     (cell,) = (tmp_path / "quality").glob("*/*.json")
     cell = json.loads(cell.read_text())
     assert cell["arch"] == "small_cnn" and len(cell["curve"]) == 19 and cell["settings"]["data.root"].endswith("subset-1200")
+    (trace,) = (tmp_path / "detection_trace").glob("*.json")  # the model the quality part trained, unlearned epoch by epoch
+    trace = json.loads(trace.read_text())
+    assert trace["arch"] == "small_cnn" and trace["trace"][0]["epoch"] == 0 and len(trace["trace"]) >= 2
+    assert all(sum(map(sum, t["confusion"])) == sum(map(sum, trace["trace"][0]["confusion"])) for t in trace["trace"])
     dvc = json.loads((tmp_path / "dvc.json").read_text())
     assert dvc["matches_cpu"] is None and set(dvc["metrics"]) == {"train", "prune"}  # shortened: not compared
     assert "| speed | ok |" in r.stdout and "speed fp32: defense" in r.stdout
