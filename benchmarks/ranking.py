@@ -199,6 +199,13 @@ def auto_k(before_holdout: float, points: list[list[float]], budget: float = CA_
     return max(ok, key=lambda p: p[0]) if ok else None
 
 
+def point_text(before_ca: float, point: list[float], note: str = "") -> str:
+    """A sweep point as 'k: CA / ASR', in bold where it meets the target."""
+    k, ca, asr_after = point[:3]
+    bold = "**" if meets(before_ca, ca, asr_after) else ""
+    return f"{bold}{k}: {100 * ca:.1f} / {100 * asr_after:.1f}{bold}{note}"
+
+
 def held_out_measured(r: dict, name: str) -> bool:
     """The sweep exists and carries held-out accuracy (sweeps saved before it was recorded do not)."""
     return len(r["sweeps"].get(name, [[]])[0]) > 3
@@ -224,9 +231,7 @@ def auto_table(results: list[dict], budgets: tuple[float, ...] = (CA_BUDGET, 0.0
             if chosen is None:
                 cells.append("none within budget" if held_out_measured(r, n) else "—")
                 continue
-            k, ca, asr_after = chosen[:3]
-            bold = "**" if meets(ca0, ca, asr_after) else ""
-            cells.append(f"{bold}{k}: {100 * ca:.1f} / {100 * asr_after:.1f}{bold}")
+            cells.append(point_text(ca0, chosen))
         lines.append(f"| {r['arch']} × {r['attack']}, seed {r['seed']} | {100 * ca0:.1f} / {100 * asr0:.1f} "
                      f"({100 * r['before_holdout']:.1f}) | " + " | ".join(cells) + " |")
     lines.append("")
@@ -263,10 +268,8 @@ def table(results: list[dict]) -> str:
                 cells.append("never ≤ 5 %")
                 continue
             best = max(ok, key=lambda p: p[1])
-            k, ca, asr_after = best[:3]
-            bold = "**" if meets(ca0, ca, asr_after) else ""
             check = f" (class biases refitted: {100 * best[3]:.1f})" if n.endswith("constants fitted") else ""
-            cells.append(f"{bold}{k}: {100 * ca:.1f} / {100 * asr_after:.1f}{bold}{check}")
+            cells.append(point_text(ca0, best, check))
         suspected = "" if r["suspected"] == r["target"] else f" (suspected {r['suspected']}, target {r['target']})"
         lines.append(f"| {r['arch']} × {r['attack']}, seed {r['seed']}{suspected} | {100 * ca0:.1f} / {100 * asr0:.1f} | " + " | ".join(cells) + " |")
     had = {n: [r for r in results if n in r["sweeps"]] for n in names}
