@@ -18,7 +18,6 @@ apart as the check. Traces go to benchmarks/results/detection_trace/<cell>.json.
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +28,7 @@ from torch import nn
 from rnp.compute import resolve_compute
 from rnp.data import DeviceData, ImageSet
 from rnp.defense import unlearn
-from rnp.defense.rnp_defense import COLLAPSED, DETECTION_THRESHOLD, EMERGE_LEAD, EMERGE_LEVEL, emerged_alone
+from rnp.defense.rnp_defense import COLLAPSED, DETECTION_THRESHOLD, EMERGE_LEAD, EMERGE_LEVEL, emerged_alone, probe_predictions
 from rnp.io import atomic_write_bytes, json_bytes, read_json
 from rnp.models import load_model
 from rnp.stages._common import load_imageset
@@ -46,11 +45,9 @@ DOC = ROOT / "docs" / "quality.md"
 CHECK_SEEDS = {2}  # held back while the rules were designed
 
 
-@torch.no_grad()
 def confusion(model: nn.Module, data: DeviceData, num_classes: int) -> list[list[int]]:
-    """Rows: true class, columns: predicted class, predictions with batch statistics (train-mode BN) as detect_target makes them."""
-    probe = copy.deepcopy(model).train()
-    preds = torch.cat([probe(x).argmax(1) for x, _ in data.batches(256)])
+    """Rows: true class, columns: predicted class; the predictions detect_target reads (batch statistics)."""
+    preds = probe_predictions(model, data)
     counts = torch.bincount(data.labels * num_classes + preds, minlength=num_classes * num_classes)
     return counts.view(num_classes, num_classes).tolist()
 
@@ -116,7 +113,8 @@ def rule_consistent(trace: list[dict]) -> tuple[bool, int]:
 def rule_breadth(share: float, need: int) -> Callable[[list[dict]], tuple[bool, int]]:
     def rule(trace: list[dict]) -> tuple[bool, int]:
         conf = trace[-1]["confusion"]
-        c = max(range(len(conf)), key=lambda k: (breadth(conf, k, share), confusion_scores(conf)[k]))
+        scores = confusion_scores(conf)
+        c = max(range(len(conf)), key=lambda k: (breadth(conf, k, share), scores[k]))
         return collapsed(trace) and breadth(conf, c, share) >= need, c
     return rule
 

@@ -227,11 +227,11 @@ def auto_table(results: list[dict], budgets: tuple[float, ...] = (CA_BUDGET, 0.0
         ca0, asr0 = r["before"]
         cells = []
         for n in names:
-            chosen = auto_k(r["before_holdout"], r["sweeps"][n], budgets[0]) if held_out_measured(r, n) else None
-            if chosen is None:
-                cells.append("none within budget" if held_out_measured(r, n) else "—")
+            if not held_out_measured(r, n):
+                cells.append("—")
                 continue
-            cells.append(point_text(ca0, chosen))
+            chosen = auto_k(r["before_holdout"], r["sweeps"][n], budgets[0])
+            cells.append("none within budget" if chosen is None else point_text(ca0, chosen))
         lines.append(f"| {r['arch']} × {r['attack']}, seed {r['seed']} | {100 * ca0:.1f} / {100 * asr0:.1f} "
                      f"({100 * r['before_holdout']:.1f}) | " + " | ".join(cells) + " |")
     lines.append("")

@@ -28,7 +28,7 @@ from .prune import constant_fitter, decide_pruning
 from .recover import mask_layers, recover, resolve_mask_on
 from .unlearn import unlearn
 
-__all__ = ["defend", "detect_target", "emerged_alone", "sink_scores", "weak_model_message", "holdout_warning", "DETECTION_RULES",
+__all__ = ["defend", "detect_target", "emerged_alone", "probe_predictions", "sink_scores", "weak_model_message", "holdout_warning", "DETECTION_RULES",
            "DETECTION_THRESHOLD", "MIN_ACCURACY"]
 
 # A model is called backdoored when unlearning collapses it (running clean accuracy <= COLLAPSED)
@@ -106,6 +106,12 @@ def emerged_alone(history: list[list[float]], target: int, level: float = EMERGE
 
 
 @torch.no_grad()
+def probe_predictions(model: nn.Module, clean: DeviceData) -> torch.Tensor:
+    """Predictions with batch statistics (train-mode BN, on a copy), as unlearning itself saw the data."""
+    probe = copy.deepcopy(model).train()
+    return torch.cat([probe(x).argmax(1) for x, _ in clean.batches(256)])
+
+
 def detect_target(unlearned: nn.Module, clean: DeviceData, num_classes: int, unlearned_acc: float = 0.0,
                   history: list[list[float]] | None = None, rule: str = "collapse") -> Detection:
     """Unlearning a backdoored model sends clean images to the backdoor target: find that class.
@@ -114,9 +120,7 @@ def detect_target(unlearned: nn.Module, clean: DeviceData, num_classes: int, unl
     with the running statistics the collapsed model often falls into an unrelated sink class.
     `history`: the sink scores after each unlearning epoch, which rule "emergent" reads.
     """
-    probe = copy.deepcopy(unlearned).train()
-    preds = torch.cat([probe(x).argmax(1) for x, _ in clean.batches(256)])
-    scores = sink_scores(preds, clean.labels, num_classes)
+    scores = sink_scores(probe_predictions(unlearned, clean), clean.labels, num_classes)
     target = max(range(num_classes), key=lambda c: scores[c])
     emerged = emerged_alone(history if history is not None else [scores], target)
     return Detection(target, scores[target], scores, unlearned_acc, rule, emerged)
