@@ -36,7 +36,7 @@ from rnp.training import seeded_generator
 
 from .effectiveness import write_marked
 from .levers import add_model_options, cached_models
-from .quality import CLEAN, cell_config, cell_name
+from .quality import ATTACKS, CLEAN, cell_config, cell_name
 from .quality import RESULTS as QUALITY_RESULTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,6 +165,23 @@ def rules_table(rs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def leads_some_epoch(r: dict) -> bool:
+    """Whether the attack's target is the leading class after some unlearning epoch (test knowledge: the target)."""
+    epochs = [confusion_scores(t["confusion"]) for t in r["trace"][1:]]
+    return any(max(scores) > 0 and top(scores) == r["target"] for scores in epochs)
+
+
+def ceiling_line(rs: list[dict]) -> str:
+    """How many targets any rule that names an epoch's leading class could name at best, per attack."""
+    bd = [r for r in rs if r["attack"] != CLEAN]
+    attacks = [a for a in ATTACKS if any(r["attack"] == a for r in bd)]
+    per = ", ".join(f"{a} {sum(leads_some_epoch(r) for r in bd if r['attack'] == a)}/{sum(r['attack'] == a for r in bd)}"
+                    for a in attacks)
+    return (f"**Ceiling.** The target leads the unlearned model's predictions after some epoch on "
+            f"**{sum(leads_some_epoch(r) for r in bd)} of {len(bd)}** backdoored models ({per}); a rule that names "
+            "an epoch's leading class can name no more.")
+
+
 def main(argv: list[str] | None = None) -> str:
     import yaml
 
@@ -181,7 +198,7 @@ def main(argv: list[str] | None = None) -> str:
                 r = trace_model(params, arch, attack, seed, args.work, args.out, args.device)
                 print(f"{cell_name(arch, attack, seed)}: {len(r['trace']) - 1} epochs, {r['seconds']:.0f} s", flush=True)
     rs = [read_json(p) for p in sorted(args.out.glob("*.json"))]
-    text = rules_table(rs)
+    text = rules_table(rs) + "\n\n" + ceiling_line(rs)
     print(text)
     if not args.no_doc:
         write_marked(text, DOC, "detection_trace")

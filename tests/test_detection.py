@@ -83,3 +83,13 @@ def test_the_rule_screen_counts_targets_named_and_false_alarms_per_rule():
     assert rows["current (≥ 25 % to one class)"] == ["1 / 1", "1 / 1", "1 / 1"]  # flagged, named, and the clean model flagged too
     emergent = next(cells for name, cells in rows.items() if name.endswith("(`--detection emergent`)"))
     assert emergent == ["1 / 1", "1 / 1", "0 / 1"]
+
+
+def test_the_ceiling_counts_models_whose_target_leads_after_some_epoch_only():
+    from benchmarks.detection_trace import ceiling_line
+
+    leads = {"attack": "badnets", "seed": 0, "target": 1, "trace": _trace(BACKDOOR_LIKE, 0.1)}
+    never = {"attack": "sig", "seed": 0, "target": 2, "trace": _trace(BACKDOOR_LIKE, 0.1)}  # class 2 never leads there
+    clean = {"attack": "clean", "seed": 0, "target": 1, "trace": _trace(LOOK_ALIKE, 0.1)}  # not a backdoored model
+    line = ceiling_line([leads, never, clean])
+    assert "**1 of 2**" in line and "badnets 1/1" in line and "sig 0/1" in line
