@@ -1,11 +1,13 @@
 """Detection rules of rnp defend: "collapse" (the default) and "emergent" (the collapse must start on the final class alone)."""
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rnp.defense import defend
 from rnp.defense.rnp_defense import COLLAPSED, Detection, emerged_alone, sink_scores
+from rnp.errors import RnpError
 from rnp.models import load_model
 from rnp.stages._common import load_imageset
 
@@ -93,3 +95,9 @@ def test_the_ceiling_counts_models_whose_target_leads_after_some_epoch_only():
     clean = {"attack": "clean", "seed": 0, "target": 1, "trace": _trace(LOOK_ALIKE, 0.1)}  # not a backdoored model
     line = ceiling_line([leads, never, clean])
     assert "**1 of 2**" in line and "badnets 1/1" in line and "sig 0/1" in line
+
+
+def test_an_unknown_rule_is_refused_before_any_work_with_the_name_the_caller_used():
+    with pytest.raises(RnpError, match="detection rule must be one of collapse, emergent, got 'vote'"):
+        defend(torch.nn.Linear(2, 2), torch.zeros(4, 1, 2, 2), torch.zeros(4, dtype=torch.long), [0.0], [1.0], 2,
+               detection_rule="vote")

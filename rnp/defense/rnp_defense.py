@@ -28,8 +28,8 @@ from .prune import constant_fitter, decide_pruning
 from .recover import mask_layers, recover, resolve_mask_on
 from .unlearn import unlearn
 
-__all__ = ["defend", "detect_target", "emerged_alone", "probe_predictions", "sink_scores", "weak_model_message", "holdout_warning", "DETECTION_RULES",
-           "DETECTION_THRESHOLD", "MIN_ACCURACY"]
+__all__ = ["defend", "detect_target", "emerged_alone", "probe_predictions", "sink_scores", "weak_model_message", "holdout_warning",
+           "check_detection_rule", "DETECTION_RULES", "DETECTION_THRESHOLD", "MIN_ACCURACY"]
 
 # A model is called backdoored when unlearning collapses it (running clean accuracy <= COLLAPSED)
 # and the collapsed model sends at least DETECTION_THRESHOLD of other classes' clean images to one
@@ -50,6 +50,11 @@ MIN_HOLDOUT = 10  # held-out images below which one image is more than a 10-poin
 # below this on the user's own clean images is mis-specified (normalisation, class order,
 # architecture), and unlearning "collapsing" it would say nothing about a backdoor.
 MIN_ACCURACY = 0.5
+
+
+def check_detection_rule(rule: str, name: str = "detection rule") -> None:
+    if rule not in DETECTION_RULES:
+        raise RnpError(f"{name} must be one of {', '.join(DETECTION_RULES)}, got {rule!r}")
 
 
 def weak_model_message(acc: float, n: int, num_classes: int, min_accuracy: float, normalisation: str) -> str:
@@ -172,8 +177,7 @@ def defend(
     `detection_rule`: "collapse" (unlearning collapses the model onto one class) or "emergent"
     (and that class led alone when the collapse began: fewer false alarms, fewer targets named).
     """
-    if detection_rule not in DETECTION_RULES:
-        raise RnpError(f"detection rule must be one of {', '.join(DETECTION_RULES)}, got {detection_rule!r}")
+    check_detection_rule(detection_rule)
     cfg = cfg or Config()
     check_clean_data(labels, num_classes)
     compute = device if isinstance(device, Compute) else Compute(torch.device(device))

@@ -13,7 +13,7 @@ from ..config import Config
 from ..data import DeviceData
 from ..datasets import load_dataset
 from ..defense import MASK_ON, defend, mask_layers
-from ..defense.rnp_defense import DETECTION_RULES, MIN_ACCURACY
+from ..defense.rnp_defense import MIN_ACCURACY, check_detection_rule
 from ..errors import RnpError
 from ..io import StageWriter, csv_bytes, json_bytes, tensors_bytes
 from ..metrics import accuracy
@@ -104,8 +104,7 @@ def run(cfg: Config, model_path: Path, arch: str, data: str, out: Path, defense_
     check_arguments(out, defense_size, image_size)
     if not 0 <= min_accuracy <= 1:
         raise RnpError(f"--min-accuracy must be in [0, 1], got {min_accuracy}")
-    if detection not in DETECTION_RULES:
-        raise RnpError(f"--detection must be one of {', '.join(DETECTION_RULES)}, got {detection!r}")
+    check_detection_rule(detection, "--detection")
     mean_v, std_v = _floats(mean, "--mean"), _floats(std, "--std", positive=True)
     clean, evaluation, classes, data_mean, data_std = clean_data(data, cfg, defense_size, image_size)
     channels = clean.images.shape[1]
