@@ -68,6 +68,11 @@ LEVERS: dict[str, dict[str, object]] = {
     "repair_bn": {},
     "repair_all": {},
     "repair_distill": {},
+    # the benchmark runs the defense in bf16 for speed (masks and BN statistics fp32): is recovery the same in fp32?
+    "fp32": {"precision": "fp32"},
+    # the reference trains, unlearns and recovers on randomly cropped (4-pixel padding) and flipped images; the
+    # benchmark's models were trained without, so this is the reference's augmentation in the defense alone
+    "augment_reference": {"augment.crop_padding": 4, "augment.flip": True},
 }
 # lever -> (which parameters, epochs, Adam's learning rate, distil) of the fine-tuning after every pruning; distil: the
 # targets are the unpruned model's softmax outputs on the same clean images instead of their labels
