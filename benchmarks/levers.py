@@ -73,7 +73,11 @@ LEVERS: dict[str, dict[str, object]] = {
     # the reference trains, unlearns and recovers on randomly cropped (4-pixel padding) and flipped images; the
     # benchmark's models were trained without, so this is the reference's augmentation in the defense alone
     "augment_reference": {"augment.crop_padding": 4, "augment.flip": True},
+    "unlearn_retry": {},
 }
+# lever -> (running accuracy below which unlearning overshot, the rate's factor for the next try, tries at most): unlearning
+# that ends below the floor is rerun from the trained model at a smaller rate; the last try is kept whatever it ends at
+RETRIES: dict[str, tuple[float, float, int]] = {"unlearn_retry": (0.10, 0.5, 4)}
 # lever -> (which parameters, epochs, Adam's learning rate, distil) of the fine-tuning after every pruning; distil: the
 # targets are the unpruned model's softmax outputs on the same clean images instead of their labels
 REPAIRS: dict[str, tuple[str, int, float, bool]] = {
@@ -197,7 +201,14 @@ def run_lever(params: dict, arch: str, attack: str, seed: int, lever: str, work:
         last.update(acc=stats.acc)
         trace.append({"epoch": epoch, "acc": stats.acc, "scores": detect_target(m, every, info.num_classes, stats.acc).scores})
 
-    unlearned, epochs = unlearn(original, fit, cfg.unlearn, cfg.augment, seeded_generator(cfg.seed), on_epoch)
+    floor, factor, tries = RETRIES.get(lever, (0.0, 1.0, 1))
+    rates = [cfg.unlearn.lr * factor ** k for k in range(tries)]
+    for lr in rates:
+        trace.clear()
+        p = cfg.unlearn.model_copy(update={"lr": lr})
+        unlearned, epochs = unlearn(original, fit, p, cfg.augment, seeded_generator(cfg.seed), on_epoch)
+        if last["acc"] >= floor:
+            break
     detection = detect_target(unlearned, every, info.num_classes, last["acc"])
     masks = recover(unlearned, fit, cfg.recover, cfg.augment, seeded_generator(cfg.seed))
     defense_s = time.perf_counter() - start
@@ -222,7 +233,7 @@ def run_lever(params: dict, arch: str, attack: str, seed: int, lever: str, work:
         "arch": arch, "attack": attack, "seed": seed, "lever": lever, "overrides": LEVERS[lever], "target": cfg.attack.target,
         "before": decision.unpruned, "curve": decision.curve, "holdout_n": len(held_set), "test_subset": SUBSET,
         "bias_refit": {"point": decision.chosen["point"], "ca": accuracy(check, test), **attack_metrics(check, trig, extra["targets"])},
-        "unlearn": {"epochs": epochs, "acc": last["acc"]},
+        "unlearn": {"epochs": epochs, "acc": last["acc"], "lr": lr, "tries": rates.index(lr) + 1},
         "masks": {"total": flat.numel(), "zero": int((flat == 0).sum()), "below_0_2": int((flat <= 0.2).sum())},
         "detection": {"backdoored": detection.backdoored, "target": detection.target, "score": detection.score, "scores": detection.scores},
         "unlearn_trace": trace,
