@@ -24,12 +24,16 @@ def test_dry_device_check_runs_every_part_and_its_results_fit_what_the_device_to
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads((tmp_path / "device_check.json").read_text())
     assert report["dry"] and {name: part["status"] for name, part in report["parts"].items()} == {
-        "speed": "ok", "quality": "ok", "detection": "ok", "dvc": "ok"}
+        "speed": "ok", "quality": "ok", "regime": "ok", "detection": "ok", "dvc": "ok"}
     speed = json.loads((tmp_path / "speed.json").read_text())
     assert set(speed["rnp"]) == {"fp32", "bf16"} and speed["baseline"]["prune"] > 0  # the baseline runs in the same call
     (cell,) = (tmp_path / "quality").glob("*/*.json")
     cell = json.loads(cell.read_text())
     assert cell["arch"] == "small_cnn" and len(cell["curve"]) == 19 and cell["settings"]["data.root"].endswith("subset-1200")
+    (regime,) = (tmp_path / "regime").glob("*/*.json")  # the same cell, trained and defended with the reference's crop and flip
+    regime = json.loads(regime.read_text())
+    assert regime["settings"]["augment.crop_padding"] == 4 and regime["settings"]["augment.flip"] is True
+    assert "augment.flip" not in cell["settings"] and regime["before"] != cell["before"]
     (trace,) = (tmp_path / "detection_trace").glob("*.json")  # the model the quality part trained, unlearned epoch by epoch
     trace = json.loads(trace.read_text())
     assert trace["arch"] == "small_cnn" and trace["trace"][0]["epoch"] == 0 and len(trace["trace"]) >= 2
