@@ -83,6 +83,6 @@ def test_the_gpu_quality_part_resumes_from_committed_cells_and_sends_back_only_n
     assert names == {"resnet18-badnets-seed0.json"}
     assert sorted(p.name for p in (work / "quality-results" / "reference").iterdir()) == ["resnet18-badnets-seed0.json"]
     (work / "quality-results" / "reference" / "resnet18-blend-seed0.json").write_text("{}")  # what the part ran
-    dc.send_back_new_cells(work, out, names)
+    dc.send_back_new_cells(work / "quality-results", out / "quality", names)
     assert [p.relative_to(out).as_posix() for p in out.rglob("*.json")] == ["quality/reference/resnet18-blend-seed0.json"]
     assert dc.seed_quality_results(True, tmp_path / "dry") == set()  # the dry run starts empty
