@@ -295,7 +295,9 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0], help="the cells' seeds (default 0)")
     ap.add_argument("--work", type=Path, default=WORK)
     ap.add_argument("--sweeps", nargs="+", choices=ORDER, metavar="NAME", help="run only these sweeps (default: every one)")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="where screened cells are saved (default benchmarks/results/ranking)")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--no-doc", action="store_true", help="print the tables, leave the docs alone")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     if not args.table_only:
@@ -303,16 +305,17 @@ def main(argv: list[str] | None = None) -> str:
             if not (args.work / attack / f"seed{seed}" / arch / "reference" / "recover" / "masks.safetensors").exists():
                 ap.error(f"no cached {arch} x {attack} seed-{seed} cell under {args.work}: run python -m benchmarks.quality "
                          f"--seeds {seed} --archs {arch} --attacks {attack} first")
-            path = RESULTS / f"{arch}-{attack}-seed{seed}.json"
+            path = args.results / f"{arch}-{attack}-seed{seed}.json"
             saved = read_json(path) if path.exists() else None
             path.parent.mkdir(parents=True, exist_ok=True)
             screen_cell(arch, attack, seed, args.work, saved, args.sweeps, lambda result, path=path: atomic_write_bytes(path, json_bytes(result)))
-    results = [read_json(p) for p in sorted(RESULTS.glob("*.json"))]
+    results = [read_json(p) for p in sorted(args.results.glob("*.json"))]
     text = table(results)
     auto = auto_table(results)
     print(text + "\n\n" + auto)
-    write_marked(text, DOC, "ranking")
-    write_marked(auto, DOC, "ranking_auto")
+    if not args.no_doc:
+        write_marked(text, DOC, "ranking")
+        write_marked(auto, DOC, "ranking_auto")
     return text
 
 
