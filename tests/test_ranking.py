@@ -104,3 +104,17 @@ def test_the_automatic_k_prunes_as_much_as_the_held_out_images_allow_and_never_r
     text = auto_table([cell, {**cell, "seed": 1, "before_holdout": 0.955}], budgets=(0.02, 0.03))
     assert text.endswith("- held-out budget 2 points: masks × push, fine-tuned, seed 0: 1 of 1; masks × push, fine-tuned, seeds 1–2: 0 of 1.\n"
                          "- held-out budget 3 points: masks × push, fine-tuned, seed 0: 1 of 1; masks × push, fine-tuned, seeds 1–2: 1 of 1.")
+
+
+def test_other_results_are_scored_alone_and_leave_the_docs_alone(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from benchmarks.ranking import DOC, RESULTS, main
+
+    shutil.copy(RESULTS / "wrn16_1-badnets-seed0.json", tmp_path / "wrn16_1-badnets-seed0.json")
+    before = Path(DOC).read_text()
+    text = main(["--table-only", "--results", str(tmp_path), "--no-doc"])
+    rows = [line for line in text.splitlines() if line.startswith("| wrn16_1") or line.startswith("| small_cnn")]
+    assert rows == [line for line in rows if "wrn16_1 × badnets, seed 0" in line] and len(rows) == 1
+    assert Path(DOC).read_text() == before
