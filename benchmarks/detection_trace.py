@@ -173,12 +173,11 @@ def leads_some_epoch(r: dict) -> bool:
 
 def ceiling_line(rs: list[dict]) -> str:
     """How many targets any rule that names an epoch's leading class could name at best, per attack."""
-    bd = [r for r in rs if r["attack"] != CLEAN]
-    attacks = [a for a in ATTACKS if any(r["attack"] == a for r in bd)]
-    per = ", ".join(f"{a} {sum(leads_some_epoch(r) for r in bd if r['attack'] == a)}/{sum(r['attack'] == a for r in bd)}"
-                    for a in attacks)
+    leads = [(r["attack"], leads_some_epoch(r)) for r in rs if r["attack"] != CLEAN]
+    per = ", ".join(f"{a} {sum(hit for b, hit in leads if b == a)}/{sum(b == a for b, _ in leads)}"
+                    for a in ATTACKS if any(b == a for b, _ in leads))
     return (f"**Ceiling.** The target leads the unlearned model's predictions after some epoch on "
-            f"**{sum(leads_some_epoch(r) for r in bd)} of {len(bd)}** backdoored models ({per}); a rule that names "
+            f"**{sum(hit for _, hit in leads)} of {len(leads)}** backdoored models ({per}); a rule that names "
             "an epoch's leading class can name no more.")
 
 

@@ -51,15 +51,13 @@ def plan(dry: bool, out: Path, work: Path) -> list[tuple[str, int, list[str]]]:
     """(part, budget in seconds, command) for each part, GPU-sized or dry."""
     py = [sys.executable, "-m"]
     if dry:
+        tiny_cell = [*py, "benchmarks.quality", "--archs", "small_cnn", "--attacks", "badnets", "--seeds", "0", "--device", "cpu",
+                     "--subset", "1200", "--set", "train.epochs=1", "--set", "precision=fp32"]
         return [
             ("speed", 60, [*py, "benchmarks.speed", "--workload", "tiny", "--device", "cpu", "--precision", "fp32,bf16",
                            "--json", str(out / "speed.json")]),
-            ("quality", 90, [*py, "benchmarks.quality", "--archs", "small_cnn", "--attacks", "badnets", "--seeds", "0",
-                             "--device", "cpu", "--subset", "1200", "--set", "train.epochs=1", "--set", "precision=fp32",
-                             "--results", str(work / "quality-results"), "--work", str(work / "quality"), "--no-doc"]),
-            ("regime", 90, [*py, "benchmarks.quality", "--archs", "small_cnn", "--attacks", "badnets", "--seeds", "0",
-                            "--device", "cpu", "--subset", "1200", "--set", "train.epochs=1", "--set", "precision=fp32",
-                            *REGIME, *regime_paths(work)]),
+            ("quality", 90, [*tiny_cell, *cell_paths(work, "quality")]),
+            ("regime", 90, [*tiny_cell, *REGIME, *cell_paths(work, "regime")]),
             ("detection", 60, [*py, "benchmarks.detection_trace", "--archs", "small_cnn", "--attacks", "badnets", "--seeds", "0",
                                *trace_paths(out, work), "--device", "cpu"]),
             ("dvc", 120, [*py, "benchmarks.device_check", "--dvc-part", "cpu", "--out", str(out),
@@ -76,9 +74,9 @@ def plan(dry: bool, out: Path, work: Path) -> list[tuple[str, int, list[str]]]:
         # (docs/quality.md, "The reference's own run")? ResNet-18 trained 15 epochs with crop and flip: about 2.5 minutes a
         # cell here (6 epochs took 48-52 s), so BadNets and the clean model
         ("regime", 330, [*py, "benchmarks.quality", "--archs", "resnet18", "--attacks", "badnets", "clean", "--seeds", "0",
-                         "--device", "cuda", "--set", "train.epochs=15", *REGIME, *regime_paths(work)]),
+                         "--device", "cuda", "--set", "train.epochs=15", *REGIME, *cell_paths(work, "regime")]),
         ("quality", 90, [*py, "benchmarks.quality", "--archs", "resnet18", "--seeds", "0", "1", "2", "--device", "cuda",
-                          "--results", str(work / "quality-results"), "--work", str(work / "quality"), "--no-doc"]),
+                         *cell_paths(work, "quality")]),
         # the unlearning traces of the ResNet-18 models the quality part trained here (docs/quality.md, "Detection rules")
         ("detection", 30, [*py, "benchmarks.detection_trace", "--archs", "resnet18", *trace_paths(out, work), "--device", "cuda"]),
         ("speed", 60, [*py, "benchmarks.speed", "--workload", "c", "--device", "cuda", "--precision", "bf16,fp32",
@@ -91,13 +89,14 @@ def plan(dry: bool, out: Path, work: Path) -> list[tuple[str, int, list[str]]]:
 REGIME = ["--set", "augment.crop_padding=4", "--set", "augment.flip=true"]
 
 
-def regime_paths(work: Path) -> list[str]:
-    return ["--results", str(work / "regime-results"), "--work", str(work / "regime"), "--no-doc"]
+def cell_paths(work: Path, part: str) -> list[str]:
+    """Where a part's cells (work/<part>-results) and cached models (work/<part>) go, the docs left alone."""
+    return ["--results", str(work / f"{part}-results"), "--work", str(work / part), "--no-doc"]
 
 
 def trace_paths(out: Path, work: Path) -> list[str]:
     """detection_trace reads the models and cells the quality part made in `work`, and sends its traces back in `out`."""
-    return ["--results", str(work / "quality-results"), "--work", str(work / "quality"), "--out", str(out / "detection_trace"), "--no-doc"]
+    return [*cell_paths(work, "quality"), "--out", str(out / "detection_trace")]
 
 
 def seed_quality_results(dry: bool, work: Path) -> set[str]:

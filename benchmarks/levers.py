@@ -202,9 +202,9 @@ def run_lever(params: dict, arch: str, attack: str, seed: int, lever: str, work:
         trace.append({"epoch": epoch, "acc": stats.acc, "scores": detect_target(m, every, info.num_classes, stats.acc).scores})
 
     floor, factor, tries = RETRIES.get(lever, (0.0, 1.0, 1))
-    rates = [cfg.unlearn.lr * factor ** k for k in range(tries)]
-    for lr in rates:
+    for tried in range(1, tries + 1):
         trace.clear()
+        lr = cfg.unlearn.lr * factor ** (tried - 1)
         p = cfg.unlearn.model_copy(update={"lr": lr})
         unlearned, epochs = unlearn(original, fit, p, cfg.augment, seeded_generator(cfg.seed), on_epoch)
         if last["acc"] >= floor:
@@ -233,7 +233,7 @@ def run_lever(params: dict, arch: str, attack: str, seed: int, lever: str, work:
         "arch": arch, "attack": attack, "seed": seed, "lever": lever, "overrides": LEVERS[lever], "target": cfg.attack.target,
         "before": decision.unpruned, "curve": decision.curve, "holdout_n": len(held_set), "test_subset": SUBSET,
         "bias_refit": {"point": decision.chosen["point"], "ca": accuracy(check, test), **attack_metrics(check, trig, extra["targets"])},
-        "unlearn": {"epochs": epochs, "acc": last["acc"], "lr": lr, "tries": rates.index(lr) + 1},
+        "unlearn": {"epochs": epochs, "acc": last["acc"], "lr": lr, "tries": tried},
         "masks": {"total": flat.numel(), "zero": int((flat == 0).sum()), "below_0_2": int((flat <= 0.2).sum())},
         "detection": {"backdoored": detection.backdoored, "target": detection.target, "score": detection.score, "scores": detection.scores},
         "unlearn_trace": trace,
