@@ -77,7 +77,7 @@ def plan(dry: bool, out: Path, work: Path) -> list[tuple[str, int, list[str]]]:
                          "--device", "cuda", "--set", "train.epochs=15", *REGIME, *cell_paths(work, "regime")]),
         ("quality", 90, [*py, "benchmarks.quality", "--archs", "resnet18", "--seeds", "0", "1", "2", "--device", "cuda",
                          *cell_paths(work, "quality")]),
-        # the unlearning traces of the ResNet-18 models the quality part trained here (docs/quality.md, "Detection rules")
+        # the unlearning traces of the ResNet-18 models the quality part trained here (docs/levers.md, "Detection rules")
         ("detection", 30, [*py, "benchmarks.detection_trace", "--archs", "resnet18", *trace_paths(out, work), "--device", "cuda"]),
         ("speed", 60, [*py, "benchmarks.speed", "--workload", "c", "--device", "cuda", "--precision", "bf16,fp32",
                         "--batch-size", "512", "--baseline-last", "--json", str(out / "speed.json")]),

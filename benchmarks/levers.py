@@ -45,7 +45,7 @@ from .quality import score as quality_score
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "levers"
-DOC = ROOT / "docs" / "quality.md"
+DOC = ROOT / "docs" / "levers.md"
 CONSTANTS_PNG = ROOT / "docs" / "img" / "constants.png"
 SUBSET = 2000  # test images per set (clean and triggered), drawn once with seed 0
 # name -> defense overrides on top of the benchmark's setting (the reference's rates)

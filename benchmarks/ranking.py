@@ -44,7 +44,7 @@ from .quality import ARCHS, ATTACKS, NUM_CLASSES, WORK
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "ranking"
-DOC = ROOT / "docs" / "quality.md"
+DOC = ROOT / "docs" / "levers.md"
 KS = [4, 8, 12, 16, 24, 32]
 TUNED_KS = KS + [48, 64]  # fine-tuning keeps CA flat in k, so its sweeps go further
 CA_BUDGET = 0.02
