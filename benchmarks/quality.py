@@ -277,9 +277,11 @@ def summary(scored: list[tuple[dict, dict]]) -> str:
     )
 
 
-def doc_marker(defense: str, archs: list[str]) -> str:
-    """The docs section a table goes to: the CPU architectures' own, or one per other set (the GPU's resnet18 row)."""
-    return f"quality-{defense}" if list(archs) == CPU_ARCHS else f"quality-{defense}-{'-'.join(archs)}"
+def doc_marker(defense: str, archs: list[str], results: Path = RESULTS) -> str:
+    """The docs section a table goes to: the CPU architectures' own, or one per other set (the GPU's resnet18 row),
+    and one per other results folder (e.g. regime15: models trained as the reference trains them)."""
+    marker = f"quality-{defense}" if list(archs) == CPU_ARCHS else f"quality-{defense}-{'-'.join(archs)}"
+    return marker if results.resolve() == RESULTS.resolve() else f"{marker}-{results.name}"
 
 
 def load_cells(results: Path, defense: str, archs, attacks, seeds) -> list[dict]:
@@ -325,7 +327,7 @@ def main(argv: list[str] | None = None) -> str:
     table = markdown(cells, cfg.prune)
     print(table)
     if not args.no_doc:
-        write_marked(table, DOC if args.defense == "reference" else LEVERS_DOC, doc_marker(args.defense, args.archs))
+        write_marked(table, DOC if args.defense == "reference" else LEVERS_DOC, doc_marker(args.defense, args.archs, args.results))
     return table
 
 

@@ -1,6 +1,6 @@
 """benchmarks/quality.py: how a saved cell is scored (pure, on hand-made cells)."""
 
-from benchmarks.quality import markdown, score
+from benchmarks.quality import CPU_ARCHS, DOC, RESULTS, doc_marker, markdown, score
 from rnp.config import PruneParams
 
 
@@ -32,3 +32,13 @@ def test_the_oracle_says_whether_any_threshold_could_meet_the_target_and_the_ref
     assert "| 92.0 / 70.0 |" in text and "| — |" in text
     assert "a threshold that meets it exists (oracle, test labels) in 2 of 3" in text
     assert "ASR ≤ 5 % that survives a refit of the classifier's biases: 1 of 2 checked" in text
+
+
+def test_each_results_folder_and_architecture_set_has_its_own_docs_section():
+    """The regime15 ResNet-18 table must not overwrite the GPU's ResNet-18 rows, nor they the CPU table."""
+    markers = {doc_marker("reference", CPU_ARCHS), doc_marker("reference", ["resnet18"]),
+               doc_marker("reference", ["resnet18"], RESULTS / "regime15")}
+    assert markers == {"quality-reference", "quality-reference-resnet18", "quality-reference-resnet18-regime15"}
+    assert doc_marker("reference", ["resnet18"], RESULTS / "regime15" / "..") == "quality-reference-resnet18"  # the same folder, spelt otherwise
+    text = DOC.read_text()
+    assert all(f"<!-- {m}:start -->" in text and f"<!-- {m}:end -->" in text for m in markers)
