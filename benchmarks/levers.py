@@ -40,12 +40,12 @@ from rnp.training import fit_parameters, seeded_generator
 
 from .effectiveness import write_marked
 from .quality import ARCHS, ATTACKS, CLEAN, CPU_ARCHS, WORK, cell_config, cell_name, pct
+from .quality import LEVERS_DOC as DOC
 from .quality import RESULTS as QUALITY_RESULTS
 from .quality import score as quality_score
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "levers"
-DOC = ROOT / "docs" / "levers.md"
 CONSTANTS_PNG = ROOT / "docs" / "img" / "constants.png"
 SUBSET = 2000  # test images per set (clean and triggered), drawn once with seed 0
 # name -> defense overrides on top of the benchmark's setting (the reference's rates)

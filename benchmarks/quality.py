@@ -277,11 +277,13 @@ def summary(scored: list[tuple[dict, dict]]) -> str:
     )
 
 
-def doc_marker(defense: str, archs: list[str], results: Path = RESULTS) -> str:
-    """The docs section a table goes to: the CPU architectures' own, or one per other set (the GPU's resnet18 row),
-    and one per other results folder (e.g. regime15: models trained as the reference trains them)."""
+def doc_section(defense: str, archs: list[str], results: Path = RESULTS) -> tuple[Path, str]:
+    """The page and marked section a table goes to: the reference's tables in quality.md, the other defenses' with the
+    levers; one section for the CPU architectures, one per other set (the GPU's resnet18 row), and one per other
+    results folder (e.g. regime15: models trained as the reference trains them)."""
     marker = f"quality-{defense}" if list(archs) == CPU_ARCHS else f"quality-{defense}-{'-'.join(archs)}"
-    return marker if results.resolve() == RESULTS.resolve() else f"{marker}-{results.name}"
+    marker = marker if results.resolve() == RESULTS.resolve() else f"{marker}-{results.name}"
+    return (DOC if defense == "reference" else LEVERS_DOC), marker
 
 
 def load_cells(results: Path, defense: str, archs, attacks, seeds) -> list[dict]:
@@ -327,7 +329,7 @@ def main(argv: list[str] | None = None) -> str:
     table = markdown(cells, cfg.prune)
     print(table)
     if not args.no_doc:
-        write_marked(table, DOC if args.defense == "reference" else LEVERS_DOC, doc_marker(args.defense, args.archs, args.results))
+        write_marked(table, *doc_section(args.defense, args.archs, args.results))
     return table
 
 

@@ -1,6 +1,6 @@
 """benchmarks/quality.py: how a saved cell is scored (pure, on hand-made cells)."""
 
-from benchmarks.quality import CPU_ARCHS, DOC, RESULTS, doc_marker, markdown, score
+from benchmarks.quality import CPU_ARCHS, RESULTS, doc_section, markdown, score
 from rnp.config import PruneParams
 
 
@@ -36,9 +36,10 @@ def test_the_oracle_says_whether_any_threshold_could_meet_the_target_and_the_ref
 
 def test_each_results_folder_and_architecture_set_has_its_own_docs_section():
     """The regime15 ResNet-18 table must not overwrite the GPU's ResNet-18 rows, nor they the CPU table."""
-    markers = {doc_marker("reference", CPU_ARCHS), doc_marker("reference", ["resnet18"]),
-               doc_marker("reference", ["resnet18"], RESULTS / "regime15")}
-    assert markers == {"quality-reference", "quality-reference-resnet18", "quality-reference-resnet18-regime15"}
-    assert doc_marker("reference", ["resnet18"], RESULTS / "regime15" / "..") == "quality-reference-resnet18"  # the same folder, spelt otherwise
-    text = DOC.read_text()
-    assert all(f"<!-- {m}:start -->" in text and f"<!-- {m}:end -->" in text for m in markers)
+    sections = [doc_section("reference", CPU_ARCHS), doc_section("reference", ["resnet18"]),
+                doc_section("reference", ["resnet18"], RESULTS / "regime15"), doc_section("recover_epochs_5", CPU_ARCHS)]
+    assert [(page.name, m) for page, m in sections] == [
+        ("quality.md", "quality-reference"), ("quality.md", "quality-reference-resnet18"),
+        ("quality.md", "quality-reference-resnet18-regime15"), ("levers.md", "quality-recover_epochs_5")]
+    assert doc_section("reference", ["resnet18"], RESULTS / "regime15" / "..")[1] == "quality-reference-resnet18"  # the same folder, spelt otherwise
+    assert all(f"<!-- {m}:start -->" in page.read_text() and f"<!-- {m}:end -->" in page.read_text() for page, m in sections)
