@@ -1,22 +1,24 @@
 """One GPU check that brings back everything worth knowing, in at most 9 minutes on one H100.
 
-    bash benchmarks/device_check.sh --out $OUT           # on a GPU machine
+    bash benchmarks/device_check.sh --out $OUT           # on a GPU machine: the regime grid and the dvc check
+    bash benchmarks/device_check.sh --out $OUT --parts quality detection speed   # the other parts, when asked for
     bash benchmarks/device_check.sh --dry --out /tmp/dc  # every part on the CPU, tiny, in about a minute (CI runs this)
 
-Parts, in the order they run, each a subprocess with its own time budget so that a
-slow part cannot starve the rest:
+Parts, in the order they run, each with its own time budget so that a slow part
+cannot starve the rest:
 
-1. regime: ResNet-18 x BadNets and the clean model (seed 0) trained more as the
+1. regime: ResNet-18 x every attack and the clean model, seeds 0-2, trained as the
    reference trains (15 epochs, 4-pixel crop and flip, in training and defense alike),
-   under <out>/regime/: does recovery isolate the backdoor then;
-2. quality: the Fashion-MNIST paper-ratio cells with resnet18 on the full training
-   set, every attack and the clean model, seeds 0-2, going on from the cells already
-   committed (benchmarks.quality); new cells come back under <out>/quality/;
-3. detection: the unlearning traces of the models part 2 trained, for the detection
-   rules' table (benchmarks.detection_trace), under <out>/detection_trace/;
-4. speed: workload (c), CIFAR-10 shapes with ResNet-18: the defense's seconds
-   and training images/s in fp32, bf16 and bf16 + torch.compile, against the
-   reference-style baseline in the same call (benchmarks.speed);
+   going on from the cells committed under benchmarks/results/quality/regime15/, in
+   REGIME_WORKERS processes at once; new cells come back under <out>/regime/;
+2. quality (when asked for): the Fashion-MNIST paper-ratio cells with resnet18 on the
+   full training set, every attack and the clean model, seeds 0-2, going on from the
+   cells already committed (benchmarks.quality); new cells come back under <out>/quality/;
+3. detection (when asked for): the unlearning traces of the models part 2 trained, for
+   the detection rules' table (benchmarks.detection_trace), under <out>/detection_trace/;
+4. speed (when asked for): workload (c), CIFAR-10 shapes with ResNet-18: the defense's
+   seconds and training images/s in fp32 and bf16, against the reference-style
+   baseline in the same call (benchmarks.speed);
 5. dvc: the default pipeline with `device: cuda`: wall time, and whether its
    metrics match the committed CPU metrics within TOLERANCE;
 6. facts: nvidia-smi's name, memory and driver, and each part's peak GPU memory
@@ -47,46 +49,55 @@ TOLERANCE = 0.02  # |GPU - CPU| per metric (fractions): float order differs betw
 METRICS = {"train": ("ca", "asr"), "prune": ("ca", "asr", "ca_before", "asr_before")}
 
 
-def plan(dry: bool, out: Path, work: Path) -> list[tuple[str, int, list[str]]]:
-    """(part, budget in seconds, command) for each part, GPU-sized or dry."""
+def plan(dry: bool, out: Path, work: Path) -> list[tuple[str, int, list[list[str]]]]:
+    """(part, budget in seconds, the commands it runs at once) for each part, GPU-sized or dry."""
     py = [sys.executable, "-m"]
     if dry:
-        tiny_cell = [*py, "benchmarks.quality", "--archs", "small_cnn", "--attacks", "badnets", "--seeds", "0", "--device", "cpu",
-                     "--subset", "1200", "--set", "train.epochs=1", "--set", "precision=fp32"]
+        tiny = ["--archs", "small_cnn", "--seeds", "0", "--device", "cpu", "--subset", "1200", "--set", "train.epochs=1",
+                "--set", "precision=fp32"]
+        tiny_cell = [*py, "benchmarks.quality", "--attacks", "badnets", *tiny]
         return [
-            ("speed", 60, [*py, "benchmarks.speed", "--workload", "tiny", "--device", "cpu", "--precision", "fp32,bf16",
-                           "--json", str(out / "speed.json")]),
-            ("quality", 90, [*tiny_cell, *cell_paths(work, "quality")]),
-            ("regime", 90, [*tiny_cell, *REGIME, *cell_paths(work, "regime")]),
-            ("detection", 60, [*py, "benchmarks.detection_trace", "--archs", "small_cnn", "--attacks", "badnets", "--seeds", "0",
-                               *trace_paths(out, work), "--device", "cpu"]),
-            ("dvc", 120, [*py, "benchmarks.device_check", "--dvc-part", "cpu", "--out", str(out),
-                         "--set", "train.epochs=2", "--set", "unlearn.max_epochs=2", "--set", "recover.epochs=2"]),
+            ("speed", 60, [[*py, "benchmarks.speed", "--workload", "tiny", "--device", "cpu", "--precision", "fp32,bf16",
+                            "--json", str(out / "speed.json")]]),
+            ("quality", 90, [[*tiny_cell, *cell_paths(work, "quality")]]),
+            ("regime", 120, regime_workers([*py, "benchmarks.quality", "--attacks", "badnets", "clean", *tiny, *REGIME,
+                                            *cell_paths(work, "regime")], 2)),
+            ("detection", 60, [[*py, "benchmarks.detection_trace", "--archs", "small_cnn", "--attacks", "badnets", "--seeds", "0",
+                                *trace_paths(out, work), "--device", "cpu"]]),
+            ("dvc", 120, [[*py, "benchmarks.device_check", "--dvc-part", "cpu", "--out", str(out),
+                           "--set", "train.epochs=2", "--set", "unlearn.max_epochs=2", "--set", "recover.epochs=2"]]),
         ]
-    # On an H100 (2026-11-27) the rnp precisions take well under a minute together, the reference-style baseline
-    # longer than the whole check, a quality cell about a minute, the dvc part 20 s: so the baseline runs last and
-    # keeps the phases it finishes, and the quality part goes on from the cells already committed. The open issue needs
-    # to know whether RNP works on a model trained more as the reference trains it, so that part runs first and gets
-    # most of the time; the detection traces of the models the quality part trains take seconds and can only be made
-    # here, where those models are. The speed figures were measured on two loans already: bf16 and fp32 only.
+    # On an H100 (2026-11-27) a 6-epoch ResNet-18 cell took about a minute (34-52 s of it training) at ~8,000 training
+    # images/s: batch 128 on 32x32 images leaves most of the GPU idle, so the regime's cells run as REGIME_WORKERS
+    # processes at once. The open issue needs the regime grid, so it gets most of the time; the other parts were measured
+    # on two loans already and run only when asked for (--parts).
     return [
         # trained as the reference trains it (15 epochs, crop and flip), ResNet-18 x BadNets came out clean on 2 CPU cores
-        # (docs/quality.md, "In the reference's training regime"; 100 minutes there). Does the clean model keep its
-        # accuracy, and does Blend go too? About 2.5 minutes a cell here (6 epochs took 48-52 s)
-        ("regime", 330, [*py, "benchmarks.quality", "--archs", "resnet18", "--attacks", "clean", "blend", "--seeds", "0",
-                         "--device", "cuda", "--set", "train.epochs=15", *REGIME, *cell_paths(work, "regime")]),
-        ("quality", 90, [*py, "benchmarks.quality", "--archs", "resnet18", "--seeds", "0", "1", "2", "--device", "cuda",
-                         *cell_paths(work, "quality")]),
+        # (docs/quality.md, "In the reference's training regime"; 100 minutes there): the rest of its grid, going on from
+        # the committed cells, seed 0's attacks first
+        ("regime", 480, regime_workers([*py, "benchmarks.quality", "--archs", "resnet18", "--seeds", "0", "1", "2",
+                                        "--device", "cuda", "--set", "train.epochs=15", *REGIME,
+                                        *cell_paths(work, "regime")], REGIME_WORKERS)),
+        ("quality", 90, [[*py, "benchmarks.quality", "--archs", "resnet18", "--seeds", "0", "1", "2", "--device", "cuda",
+                          *cell_paths(work, "quality")]]),
         # the unlearning traces of the ResNet-18 models the quality part trained here (docs/levers.md, "Detection rules")
-        ("detection", 30, [*py, "benchmarks.detection_trace", "--archs", "resnet18", *trace_paths(out, work), "--device", "cuda"]),
-        ("speed", 60, [*py, "benchmarks.speed", "--workload", "c", "--device", "cuda", "--precision", "bf16,fp32",
-                        "--batch-size", "512", "--baseline-last", "--json", str(out / "speed.json")]),
-        ("dvc", 30, [*py, "benchmarks.device_check", "--dvc-part", "cuda", "--out", str(out)]),
+        ("detection", 30, [[*py, "benchmarks.detection_trace", "--archs", "resnet18", *trace_paths(out, work), "--device", "cuda"]]),
+        ("speed", 60, [[*py, "benchmarks.speed", "--workload", "c", "--device", "cuda", "--precision", "bf16,fp32",
+                        "--batch-size", "512", "--baseline-last", "--json", str(out / "speed.json")]]),
+        ("dvc", 30, [[*py, "benchmarks.device_check", "--dvc-part", "cuda", "--out", str(out)]]),
     ]
 
 
 # the reference's augmentation, in training and in the defense (its data loaders crop with 4-pixel padding and flip)
 REGIME = ["--set", "augment.crop_padding=4", "--set", "augment.flip=true"]
+REGIME_WORKERS = 3  # regime cells trained at once on one GPU
+PARTS = ("regime", "quality", "detection", "speed", "dvc")
+GPU_PARTS = ("regime", "dvc")  # what a plain GPU call runs; the dry run runs every part
+
+
+def regime_workers(command: list[str], n: int) -> list[list[str]]:
+    """n copies of a benchmarks.quality command, each running its share (--shard k/n) of the missing cells."""
+    return [[*command, "--shard", f"{k}/{n}"] for k in range(n)]
 
 
 def cell_paths(work: Path, part: str) -> list[str]:
@@ -99,14 +110,18 @@ def trace_paths(out: Path, work: Path) -> list[str]:
     return [*cell_paths(work, "quality"), "--out", str(out / "detection_trace")]
 
 
-def seed_quality_results(dry: bool, work: Path) -> set[str]:
-    """The GPU quality part resumes: the committed resnet18 cells go into its results folder first, so it runs only
-    missing cells. Returns their names, which are not sent back."""
+# where each resuming part's committed ResNet-18 cells are: the part runs only the missing ones and sends back only those
+COMMITTED = {"quality": Path("benchmarks/results/quality/reference"), "regime": Path("benchmarks/results/quality/regime15/reference")}
+
+
+def seed_results(dry: bool, work: Path, part: str) -> set[str]:
+    """The GPU part resumes: the committed resnet18 cells go into its results folder first, so it runs only missing
+    cells. Returns their names, which are not sent back."""
     if dry:
         return set()
-    folder = work / "quality-results" / "reference"
+    folder = work / f"{part}-results" / "reference"
     folder.mkdir(parents=True, exist_ok=True)
-    committed = sorted((ROOT / "benchmarks" / "results" / "quality" / "reference").glob("resnet18-*.json"))
+    committed = sorted((ROOT / COMMITTED[part]).glob("resnet18-*.json"))
     for cell in committed:
         shutil.copy(cell, folder / cell.name)
     return {cell.name for cell in committed}
@@ -151,21 +166,37 @@ class PeakMemory(threading.Thread):
         return self.peak
 
 
-def run_part(name: str, budget: int, command: list[str], log: Path) -> dict:
+def run_part(name: str, budget: int, commands: list[list[str]], log: Path) -> dict:
+    """Run a part's commands at once (workers sharing the GPU), each logging to its own file; stop them all at the budget."""
     sampler = PeakMemory()
     sampler.start()
     start = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "PYTHONUNBUFFERED": "1"}
-    try:
-        with log.open("w") as f:
-            rc = subprocess.run(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, timeout=budget, env=env).returncode
-        status = "ok" if rc == 0 else f"failed (exit {rc})"
-    except subprocess.TimeoutExpired:
+    if len(commands) > 1:  # the workers share the CPU cores too
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // len(commands)))
+    logs = [log.with_name(f"{log.stem}-{i}{log.suffix}") if len(commands) > 1 else log for i in range(len(commands))]
+    procs = []
+    for command, path in zip(commands, logs):
+        with path.open("w") as f:
+            procs.append(subprocess.Popen(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env))
+    codes = []
+    for proc in procs:
+        try:
+            codes.append(proc.wait(timeout=max(0.0, budget - (time.perf_counter() - start))))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            codes.append(None)
+    if None in codes:
         status = f"timed out after {budget} s"
+    else:
+        failed = [rc for rc in codes if rc != 0]
+        status = f"failed (exit {failed[0]})" if failed else "ok"
     seconds = time.perf_counter() - start
-    tail = log.read_text(errors="replace").splitlines()[-15:]
+    tail = [line for path in logs for line in path.read_text(errors="replace").splitlines()[-15:]]
     print(f"[{name}] {status} in {seconds:.0f} s", flush=True)
-    return {"status": status, "seconds": round(seconds, 1), "budget_s": budget, "peak_gpu_mib": sampler.stop(), "log_tail": tail}
+    return {"status": status, "seconds": round(seconds, 1), "budget_s": budget, "workers": len(commands),
+            "peak_gpu_mib": sampler.stop(), "log_tail": tail}
 
 
 def dvc_part(device: str, out: Path, overrides: list[str]) -> dict:
@@ -234,6 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ROOT / "results" / "device_check")))
     ap.add_argument("--dry", action="store_true", help="every part on the CPU, tiny: checks the script, measures nothing")
+    ap.add_argument("--parts", nargs="+", choices=PARTS, help=f"the parts to run (default: {' '.join(GPU_PARTS)} on a GPU, all with --dry)")
     ap.add_argument("--dvc-part", choices=["cpu", "cuda"], help=argparse.SUPPRESS)  # the dvc part, run as its own process
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -243,13 +275,14 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"dry": args.dry, "out": str(args.out), "gpu": gpu_facts(), "parts": {}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        committed = seed_quality_results(args.dry, work)
-        for name, budget, command in plan(args.dry, args.out, work):
-            report["parts"][name] = run_part(name, budget, command, work / f"{name}.log")
-            if name == "quality":
-                send_back_new_cells(work / "quality-results", args.out / "quality", committed)
-            if name == "regime":
-                send_back_new_cells(work / "regime-results", args.out / "regime", set())
+        parts = args.parts or (PARTS if args.dry else GPU_PARTS)
+        for name, budget, commands in plan(args.dry, args.out, work):
+            if name not in parts:
+                continue
+            committed = seed_results(args.dry, work, name) if name in COMMITTED else set()
+            report["parts"][name] = run_part(name, budget, commands, work / f"{name}.log")
+            if name in COMMITTED:
+                send_back_new_cells(work / f"{name}-results", args.out / name, committed)
             (args.out / "device_check.json").write_text(json.dumps(report, indent=2))
     print(summary(report))
     return report

@@ -295,6 +295,31 @@ def load_cells(results: Path, defense: str, archs, attacks, seeds) -> list[dict]
     return cells
 
 
+def missing_cells(folder: Path, archs, attacks, seeds) -> list[tuple[int, str, str]]:
+    """(seed, attack, arch) of the cells not saved in `folder`, seed-major: early results cover every attack."""
+    return [(seed, attack, arch) for seed, attack, arch in itertools.product(seeds, attacks, archs)
+            if not (folder / f"{cell_name(arch, attack, seed)}.json").exists()]
+
+
+def shard(cells: list[tuple[int, str, str]], k: int, n: int) -> list[tuple[int, str, str]]:
+    """Worker k of n's share of `cells`: every n-th (attack, seed) from the k-th. The architectures of one (attack, seed)
+    stay in one worker, because they share its poisoned data, which two processes must not write at once."""
+    groups = list(dict.fromkeys((seed, attack) for seed, attack, _ in cells))
+    mine = set(groups[k::n])
+    return [c for c in cells if c[:2] in mine]
+
+
+def shard_arg(text: str) -> tuple[int, int]:
+    """'K/N' (worker K of N, from 0) for --shard."""
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard must be K/N, e.g. 0/3, got {text!r}") from None
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"--shard {text}: K must be in 0..N-1")
+    return k, n
+
+
 def main(argv: list[str] | None = None) -> str:
     import yaml
 
@@ -311,17 +336,19 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--work", type=Path, default=WORK, help="poisoned data and models (default results/quality)")
     ap.add_argument("--table-only", action="store_true", help="score the saved cells; run nothing")
     ap.add_argument("--no-doc", action="store_true", help="print the table, leave the docs alone")
+    ap.add_argument("--shard", type=shard_arg, default=(0, 1), metavar="K/N",
+                    help="run only worker K's share of the missing cells, of N workers started together (a GPU runs several at once)")
     args = ap.parse_args(argv)
     params = yaml.safe_load(args.params.read_text())
     extra = {"device": args.device, **{k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}}
     if args.subset:
         extra["data.root"] = str(write_subset(args.subset, args.work))
     if not args.table_only:
-        for seed, attack, arch in itertools.product(args.seeds, args.attacks, args.archs):  # seed-major: early results cover every attack
-            if not (args.results / args.defense / f"{cell_name(arch, attack, seed)}.json").exists():
-                start = time.perf_counter()
-                run_cell(params, arch, attack, seed, args.defense, extra, args.work, args.results)
-                print(f"{cell_name(arch, attack, seed)} ({args.defense}): {time.perf_counter() - start:.0f} s", flush=True)
+        missing = missing_cells(args.results / args.defense, args.archs, args.attacks, args.seeds)
+        for seed, attack, arch in shard(missing, *args.shard):
+            start = time.perf_counter()
+            run_cell(params, arch, attack, seed, args.defense, extra, args.work, args.results)
+            print(f"{cell_name(arch, attack, seed)} ({args.defense}): {time.perf_counter() - start:.0f} s", flush=True)
         for path in sorted((args.results / args.defense).glob("*.json")):
             backfill_bias_check(params, path, args.work)
     cfg = cell_config(params, args.archs[0], args.attacks[0], args.seeds[0], args.defense, extra)

@@ -30,10 +30,11 @@ def test_dry_device_check_runs_every_part_and_its_results_fit_what_the_device_to
     (cell,) = (tmp_path / "quality").glob("*/*.json")
     cell = json.loads(cell.read_text())
     assert cell["arch"] == "small_cnn" and len(cell["curve"]) == 19 and cell["settings"]["data.root"].endswith("subset-1200")
-    (regime,) = (tmp_path / "regime").glob("*/*.json")  # the same cell, trained and defended with the reference's crop and flip
-    regime = json.loads(regime.read_text())
-    assert regime["settings"]["augment.crop_padding"] == 4 and regime["settings"]["augment.flip"] is True
-    assert "augment.flip" not in cell["settings"] and regime["before"] != cell["before"]
+    # the same cell and the clean model, trained and defended with the reference's crop and flip by two workers at once
+    regime = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "regime").glob("*/*.json")}
+    assert sorted(regime) == ["small_cnn-badnets-seed0", "small_cnn-clean-seed0"] and report["parts"]["regime"]["workers"] == 2
+    assert all(c["settings"]["augment.crop_padding"] == 4 and c["settings"]["augment.flip"] is True for c in regime.values())
+    assert "augment.flip" not in cell["settings"] and regime["small_cnn-badnets-seed0"]["before"] != cell["before"]
     (trace,) = (tmp_path / "detection_trace").glob("*.json")  # the model the quality part trained, unlearned epoch by epoch
     trace = json.loads(trace.read_text())
     assert trace["arch"] == "small_cnn" and trace["trace"][0]["epoch"] == 0 and len(trace["trace"]) >= 2
@@ -42,7 +43,7 @@ def test_dry_device_check_runs_every_part_and_its_results_fit_what_the_device_to
     assert dvc["matches_cpu"] is None and set(dvc["metrics"]) == {"train", "prune"}  # shortened: not compared
     assert "| speed | ok |" in r.stdout and "speed fp32: defense" in r.stdout
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert len(files) <= 8 and all(len(p.relative_to(tmp_path).parts) <= 3 for p in files)  # the device tool's limits
+    assert len(files) <= 9 and all(len(p.relative_to(tmp_path).parts) <= 3 for p in files)  # the device tool's limits
 
 
 def test_bf16_on_a_gpu_without_it_is_one_line(monkeypatch):
@@ -70,19 +71,42 @@ def test_a_baseline_stopped_at_its_budget_keeps_its_finished_phases_and_claims_n
     assert rows["training, images/s"].endswith("| 500 | 50 | 10.0× |")
 
 
-def test_the_gpu_quality_part_resumes_from_committed_cells_and_sends_back_only_new_ones(tmp_path, monkeypatch):
+@pytest.mark.parametrize("part, committed_folder", [("quality", "reference"), ("regime", "regime15/reference")])
+def test_a_gpu_part_resumes_from_committed_cells_and_sends_back_only_new_ones(tmp_path, monkeypatch, part, committed_folder):
     import benchmarks.device_check as dc
 
-    committed = tmp_path / "repo" / "benchmarks" / "results" / "quality" / "reference"
+    committed = tmp_path / "repo" / "benchmarks" / "results" / "quality" / committed_folder
     committed.mkdir(parents=True)
     (committed / "resnet18-badnets-seed0.json").write_text("{}")
     (committed / "small_cnn-badnets-seed0.json").write_text("{}")  # a CPU cell: not the GPU part's business
     monkeypatch.setattr(dc, "ROOT", tmp_path / "repo")
     work, out = tmp_path / "work", tmp_path / "out"
-    names = dc.seed_quality_results(False, work)
+    names = dc.seed_results(False, work, part)
     assert names == {"resnet18-badnets-seed0.json"}
-    assert sorted(p.name for p in (work / "quality-results" / "reference").iterdir()) == ["resnet18-badnets-seed0.json"]
-    (work / "quality-results" / "reference" / "resnet18-blend-seed0.json").write_text("{}")  # what the part ran
-    dc.send_back_new_cells(work / "quality-results", out / "quality", names)
-    assert [p.relative_to(out).as_posix() for p in out.rglob("*.json")] == ["quality/reference/resnet18-blend-seed0.json"]
-    assert dc.seed_quality_results(True, tmp_path / "dry") == set()  # the dry run starts empty
+    assert sorted(p.name for p in (work / f"{part}-results" / "reference").iterdir()) == ["resnet18-badnets-seed0.json"]
+    (work / f"{part}-results" / "reference" / "resnet18-blend-seed0.json").write_text("{}")  # what the part ran
+    dc.send_back_new_cells(work / f"{part}-results", out / part, names)
+    assert [p.relative_to(out).as_posix() for p in out.rglob("*.json")] == [f"{part}/reference/resnet18-blend-seed0.json"]
+    assert dc.seed_results(True, tmp_path / "dry", part) == set()  # the dry run starts empty
+
+
+def test_the_gpu_regime_workers_split_the_grid_and_only_a_plain_call_runs_regime_and_dvc(tmp_path):
+    import benchmarks.device_check as dc
+
+    parts = {name: commands for name, _, commands in dc.plan(False, tmp_path / "out", tmp_path / "work")}
+    assert list(parts) == list(dc.PARTS) and dc.GPU_PARTS == ("regime", "dvc")
+    regime = parts["regime"]
+    assert [c[-1] for c in regime] == [f"{k}/{dc.REGIME_WORKERS}" for k in range(dc.REGIME_WORKERS)]
+    assert all(c[:-2] == regime[0][:-2] and "train.epochs=15" in c for c in regime)  # one grid, split only by --shard
+    assert all(len(commands) == 1 for name, commands in parts.items() if name != "regime")
+
+
+def test_a_part_stopped_at_its_budget_stops_every_worker_and_keeps_each_ones_log(tmp_path):
+    import benchmarks.device_check as dc
+
+    quick = [sys.executable, "-c", "print('done')"]
+    slow = [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"]
+    result = dc.run_part("p", 3, [quick, slow], tmp_path / "p.log")
+    assert result["status"] == "timed out after 3 s" and result["seconds"] < 30 and result["workers"] == 2
+    assert result["log_tail"] == ["done", "started"]
+    assert dc.run_part("q", 30, [quick, [sys.executable, "-c", "raise SystemExit(3)"]], tmp_path / "q.log")["status"] == "failed (exit 3)"

@@ -1,6 +1,12 @@
 """benchmarks/quality.py: how a saved cell is scored (pure, on hand-made cells)."""
 
-from benchmarks.quality import CPU_ARCHS, RESULTS, doc_section, markdown, score
+import argparse
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from benchmarks.quality import ATTACKS, CPU_ARCHS, RESULTS, doc_section, markdown, missing_cells, score, shard, shard_arg
 from rnp.config import PruneParams
 
 
@@ -43,3 +49,24 @@ def test_each_results_folder_and_architecture_set_has_its_own_docs_section():
         ("quality.md", "quality-reference-resnet18-regime15"), ("levers.md", "quality-recover_epochs_5")]
     assert doc_section("reference", ["resnet18"], RESULTS / "regime15" / "..")[1] == "quality-reference-resnet18"  # the same folder, spelt otherwise
     assert all(f"<!-- {m}:start -->" in page.read_text() and f"<!-- {m}:end -->" in page.read_text() for page, m in sections)
+
+
+@given(st.integers(1, 5), st.sets(st.integers(0, 47), max_size=48))
+def test_workers_share_the_missing_cells_exactly_once_and_keep_an_attacks_architectures_together(n, saved):
+    cells = [(seed, attack, arch) for seed in range(3) for attack in ATTACKS for arch in CPU_ARCHS]
+    missing = [c for i, c in enumerate(cells) if i not in saved]
+    shares = [shard(missing, k, n) for k in range(n)]
+    assert sorted(c for share in shares for c in share) == sorted(missing)  # every missing cell once, no saved one
+    owner = {c[:2]: k for k, share in enumerate(shares) for c in share}
+    assert all(owner[c[:2]] == k for k, share in enumerate(shares) for c in share)  # shared poisoned data, one writer
+    assert all(share == [c for c in missing if c in share] for share in shares)  # seed-major order kept
+
+
+def test_missing_cells_skips_saved_ones_and_a_bad_shard_is_one_line(tmp_path):
+    (tmp_path / "small_cnn-blend-seed0.json").write_text("{}")
+    assert missing_cells(tmp_path, ["small_cnn"], ["badnets", "blend"], [0, 1]) == [
+        (0, "badnets", "small_cnn"), (1, "badnets", "small_cnn"), (1, "blend", "small_cnn")]
+    assert shard_arg("2/3") == (2, 3)
+    for bad in ("3/3", "1", "a/b", "-1/2"):
+        with pytest.raises(argparse.ArgumentTypeError, match="--shard"):
+            shard_arg(bad)
