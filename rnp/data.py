@@ -57,12 +57,22 @@ class Dataset:
     std: tuple[float, ...]
 
 
+def on_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Random numbers drawn by a CPU generator, moved to `device` without stalling the host: a copy from pageable
+    memory to a GPU waits for all the work already queued there, which would drain the queue every batch."""
+    if values.device == device:
+        return values
+    if device.type == "cuda":
+        return values.pin_memory().to(device, non_blocking=True)
+    return values.to(device)
+
+
 def random_crop(images: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
     """Per-image random crop of a zero-padded batch, one gather for the whole batch."""
     n, _, h, w = images.shape
     padded = F.pad(images, (padding,) * 4).permute(0, 2, 3, 1)  # (N, H+2p, W+2p, C)
-    dy = torch.randint(0, 2 * padding + 1, (n, 1), generator=gen, device=gen.device).to(images.device)
-    dx = torch.randint(0, 2 * padding + 1, (n, 1), generator=gen, device=gen.device).to(images.device)
+    dy = on_device(torch.randint(0, 2 * padding + 1, (n, 1), generator=gen, device=gen.device), images.device)
+    dx = on_device(torch.randint(0, 2 * padding + 1, (n, 1), generator=gen, device=gen.device), images.device)
     rows = dy + torch.arange(h, device=images.device)  # (N, H)
     cols = dx + torch.arange(w, device=images.device)  # (N, W)
     batch = torch.arange(n, device=images.device)[:, None, None]
@@ -70,7 +80,7 @@ def random_crop(images: torch.Tensor, padding: int, gen: torch.Generator) -> tor
 
 
 def random_flip(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    flip = torch.rand(images.shape[0], generator=gen, device=gen.device).to(images.device) < 0.5
+    flip = on_device(torch.rand(images.shape[0], generator=gen, device=gen.device), images.device) < 0.5
     return torch.where(flip[:, None, None, None], images.flip(3), images)
 
 
@@ -103,7 +113,7 @@ class DeviceData:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Shuffled (when `gen` is given) batches; augmentation needs `gen` too."""
         n = len(self)
-        order = torch.randperm(n, generator=gen, device=gen.device).to(self.images.device) if gen else None
+        order = on_device(torch.randperm(n, generator=gen, device=gen.device), self.images.device) if gen else None
         bounds = [*range(0, n, batch_size), n]
         if gen is not None and len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
             del bounds[-2]  # a last training batch of one image breaks train-mode BatchNorm on 1x1 maps: merge it

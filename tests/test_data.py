@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rnp.data import DeviceData, ImageSet, random_crop, random_flip
+from rnp.data import DeviceData, ImageSet, on_device, random_crop, random_flip
 from rnp.datasets import list_datasets, load_dataset
 
 OFFLINE = ["digits", "digits32"]
@@ -40,6 +40,8 @@ def test_random_crop_and_flip_shift_and_mirror_whole_batches():
     flipped = random_flip(images.repeat(16, 1, 1, 1), gen)
     assert all(torch.equal(f, x) or torch.equal(f, x.flip(2)) for f, x in zip(flipped, images.repeat(16, 1, 1, 1)))
     assert any(torch.equal(f, x.flip(2)) for f, x in zip(flipped, images.repeat(16, 1, 1, 1)))
+    draws = torch.rand(4, generator=gen)
+    assert on_device(draws, torch.device("cpu")) is draws  # no copy where the generator's draws already are
 
 
 def test_device_data_batches_cover_every_image_once():
