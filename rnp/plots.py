@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-__all__ = ["trigger_png", "masks_png", "curve_png", "sweeps_png", "bars_png"]
+__all__ = ["trigger_png", "masks_png", "curve_png", "sweeps_png", "bars_png", "scatter_png"]
 
 
 def _png(fig) -> bytes:
@@ -123,5 +123,27 @@ def bars_png(groups: list[str], series: dict[str, list[float]], title: str) -> b
     ax.set_xticks(range(len(groups)), groups, rotation=30, fontsize=8)
     ax.set_ylim(0, 105)
     ax.legend(fontsize=7, ncols=len(series))
+    ax.set_title(title, fontsize=9)
+    return _png(fig)
+
+
+def scatter_png(series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str, title: str,
+                vline: float | None = None, logx: list[float] | None = None) -> bytes:
+    """Points (x, y) of each named series, an optional dashed vertical line at x = vline; logx: a log x axis with these ticks."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    colours = ["tab:green", "tab:orange", "tab:red", "tab:grey"]
+    for i, (label, points) in enumerate(series.items()):
+        if points:
+            xs, ys = zip(*points)
+            ax.scatter(xs, ys, s=18, alpha=0.8, label=f"{label} ({len(points)})", color=colours[i % 4])
+    if vline is not None:
+        ax.axvline(vline, color="black", linestyle="--", linewidth=1)
+    if logx:
+        ax.set_xscale("log")
+        ax.set_xticks(logx, [f"{v:g}" for v in logx])
+        ax.minorticks_off()
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.legend(fontsize=7)
     ax.set_title(title, fontsize=9)
     return _png(fig)

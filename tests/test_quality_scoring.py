@@ -70,3 +70,30 @@ def test_missing_cells_skips_saved_ones_and_a_bad_shard_is_one_line(tmp_path):
     for bad in ("3/3", "1", "a/b", "-1/2"):
         with pytest.raises(argparse.ArgumentTypeError, match="--shard"):
             shard_arg(bad)
+
+
+def _mask_cell(attack: str, pruned: int, ca_t0: float, asr_t0: float) -> dict:
+    point = {"threshold": 0.0, "point": 0.0, "pruned": pruned, "holdout_acc": 0.95, "ca": ca_t0, "asr": asr_t0, "ra": 0.9}
+    return {"arch": "small_cnn", "attack": attack, "seed": 0, "defense": "reference", "target": 0, "settings": {},
+            "before": {"ca": 0.92, "asr": 1.0 if attack != "clean" else 0.01, "ra": 0.0, "holdout_acc": 0.95},
+            "curve": [point], "detection": {"backdoored": True, "target": 0, "score": 0.5}}
+
+
+def test_the_mask_evidence_reads_zero_masks_off_each_cells_first_sweep_point(tmp_path):
+    import json
+
+    from benchmarks.masks import plot, rows, table
+
+    (tmp_path / "reference").mkdir()
+    (tmp_path / "regime15" / "reference").mkdir(parents=True)
+    (tmp_path / "reference" / "small_cnn-badnets-seed0.json").write_text(json.dumps(_mask_cell("badnets", 70, 0.70, 0.0)))
+    (tmp_path / "regime15" / "reference" / "small_cnn-badnets-seed0.json").write_text(json.dumps(_mask_cell("badnets", 4, 0.915, 0.01)))
+    (tmp_path / "regime15" / "reference" / "small_cnn-clean-seed0.json").write_text(json.dumps(_mask_cell("clean", 30, 0.80, 0.0)))
+    got = {(r["setting"], r["attack"]): r for r in rows(tmp_path)}
+    assert sorted(got) == [("reference", "badnets"), ("regime15", "badnets"), ("regime15", "clean")]
+    assert got["regime15", "badnets"]["zero_share"] == pytest.approx(4 / 352) and got["regime15", "badnets"]["clean_after"]
+    assert got["reference", "badnets"]["ca_cost_t0"] == pytest.approx(0.22) and not got["reference", "badnets"]["oracle_clean"]
+    text = table(list(got.values()))
+    assert "(no warning): 1, 1 of 1 learnt backdoors clean after, 1 possible" in text
+    assert "(the warning): 2, 0 of 1 learnt backdoors clean after, 0 possible" in text
+    assert plot(list(got.values())).startswith(b"\x89PNG")

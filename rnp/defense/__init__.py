@@ -25,7 +25,7 @@ from .prune import (
     sweep_curve,
     sweep_points,
 )
-from .recover import MASK_ON, attach_masks, bn_layers, mask_layers, recover, resolve_mask_on
+from .recover import MASK_ON, attach_masks, bn_layers, mask_layers, recover, resolve_mask_on, zero_masks_warning
 from .rnp_defense import defend, detect_target, holdout_warning
 from .unlearn import unlearn
 
@@ -35,6 +35,7 @@ __all__ = [
     "defend",
     "detect_target",
     "holdout_warning",
+    "zero_masks_warning",
     "unlearn",
     "recover",
     "attach_masks",

@@ -25,7 +25,7 @@ from ..metrics import accuracy
 from ..training import seeded_generator
 from .base import register_defense
 from .prune import constant_fitter, decide_pruning
-from .recover import mask_layers, recover, resolve_mask_on
+from .recover import mask_layers, recover, resolve_mask_on, zero_masks_warning
 from .unlearn import unlearn
 
 __all__ = ["defend", "detect_target", "emerged_alone", "probe_predictions", "sink_scores", "weak_model_message", "holdout_warning",
@@ -212,6 +212,8 @@ def defend(
     # 2) recover masks on the unlearned model
     kind = resolve_mask_on(original, mask_on)
     masks = recover(unlearned, fit, cfg.recover, cfg.augment, seeded_generator(cfg.seed), mask_on=kind)
+    flat = torch.cat([m.flatten() for m in masks.values()])
+    warnings = [w for w in (warning, zero_masks_warning(int((flat == 0).sum()), flat.numel())) if w]
 
     # 3) sweep the original model on held-out clean accuracy only; prune unless nothing points at a backdoor
     purified = copy.deepcopy(original)
@@ -245,7 +247,7 @@ def defend(
         "clean_images": {"fit": len(fit_set), "holdout": len(holdout_set)},
         "clean_acc": clean_acc,  # the model's accuracy on all the clean images, before anything
         "holdout_resolution": 1 / len(holdout_set),  # one held-out image, as accuracy: the smallest change the choice sees
-        "warnings": [warning] if warning else [],
+        "warnings": warnings,
         "curve": decision.curve,
         "selected": decision.selected,
         "masks": {k: v.cpu() for k, v in masks.items()},

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..config import Config
-from ..defense import MASK_ON, mask_layers, recover
+from ..defense import MASK_ON, mask_layers, recover, zero_masks_warning
 from ..errors import RnpError
 from ..io import StageWriter, csv_bytes, json_bytes, tensors_bytes
 from ..models import load_model
@@ -61,4 +61,7 @@ def run(cfg: Config, poison_dir: Path, unlearn_dir: Path, out: Path) -> dict:
         w.write("metrics.json", json_bytes(metrics))
     say(f"recover: {metrics['channels']} masks over {metrics['layers']} {cfg.recover.mask_on} layers ({seconds:.1f} s), "
         f"{metrics['zero_masks']} at 0, {metrics['masks_below_0_2']} <= 0.2 -> {out}")
+    warning = zero_masks_warning(metrics["zero_masks"], metrics["channels"])
+    if warning:
+        say(f"recover: WARNING: {warning}")
     return metrics
