@@ -10,10 +10,10 @@ cannot starve the rest:
 1. regime: ResNet-18 x every attack and the clean model, seeds 0-2, trained as the
    reference trains (15 epochs, 4-pixel crop and flip, in training and defense alike),
    going on from the cells committed under benchmarks/results/quality/regime15/, in
-   REGIME_WORKERS processes at once; new cells come back under <out>/regime/;
+   REGIME_WORKERS processes at once; new cells come back in <out>/regime-cells.json;
 2. quality (when asked for): the Fashion-MNIST paper-ratio cells with resnet18 on the
    full training set, every attack and the clean model, seeds 0-2, going on from the
-   cells already committed (benchmarks.quality); new cells come back under <out>/quality/;
+   cells already committed (benchmarks.quality); new cells come back in <out>/quality-cells.json;
 3. detection (when asked for): the unlearning traces of the models part 2 trained, for
    the detection rules' table (benchmarks.detection_trace), under <out>/detection_trace/;
 4. speed (when asked for): workload (c), CIFAR-10 shapes with ResNet-18: the defense's
@@ -27,6 +27,8 @@ cannot starve the rest:
 Everything lands in <out>/device_check.json (and each part's own JSON beside
 it); a summary table is printed at the end. Fashion-MNIST is read from
 data/raw/fashion-mnist (copy the four .gz files there before sending the tree).
+Back here, `python -m benchmarks.device_check --unpack <the folder of the files>`
+puts the cells where the committed ones are.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import threading
 import time
 from pathlib import Path
 
-from rnp.io import read_json
+from rnp.io import atomic_write_bytes, json_bytes, read_json
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 0.02  # |GPU - CPU| per metric (fractions): float order differs between devices, one or two images move
@@ -127,12 +129,24 @@ def seed_results(dry: bool, work: Path, part: str) -> set[str]:
     return {cell.name for cell in committed}
 
 
-def send_back_new_cells(results: Path, out: Path, committed: set[str]) -> None:
-    """Each cell a part saved under results/<defense>/ and not committed goes back as out/<defense>/<cell>.json."""
-    for cell in sorted(results.glob("*/*.json")):
-        if cell.name not in committed:
-            (out / cell.parent.name).mkdir(parents=True, exist_ok=True)
-            shutil.copy(cell, out / cell.parent.name / cell.name)
+def send_back_new_cells(results: Path, bundle: Path, committed: set[str]) -> None:
+    """Each cell a part saved under results/<defense>/ and not committed, in one JSON file keyed by <defense>/<cell>.json:
+    the device tool brings back at most 8 files, and a regime call may make more cells than that."""
+    cells = {f"{c.parent.name}/{c.name}": read_json(c) for c in sorted(results.glob("*/*.json")) if c.name not in committed}
+    bundle.write_text(json.dumps(cells, indent=1))
+
+
+def unpack(folder: Path) -> list[Path]:
+    """Here, after a call: the cells in folder/<part>-cells.json go where that part's committed cells are."""
+    written = []
+    for part, committed in COMMITTED.items():
+        bundle = folder / f"{part}-cells.json"
+        if bundle.exists():
+            for name, cell in read_json(bundle).items():
+                path = ROOT / committed.parent / name
+                atomic_write_bytes(path, json_bytes(cell))
+                written.append(path)
+    return written
 
 
 def gpu_facts() -> dict | None:
@@ -266,9 +280,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ROOT / "results" / "device_check")))
     ap.add_argument("--dry", action="store_true", help="every part on the CPU, tiny: checks the script, measures nothing")
     ap.add_argument("--parts", nargs="+", choices=PARTS, help=f"the parts to run (default: {' '.join(GPU_PARTS)} on a GPU, all with --dry)")
+    ap.add_argument("--unpack", type=Path, metavar="FOLDER", help="here, after a call: put the cells it brought back where the committed ones are")
     ap.add_argument("--dvc-part", choices=["cpu", "cuda"], help=argparse.SUPPRESS)  # the dvc part, run as its own process
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.unpack:
+        written = unpack(args.unpack)
+        print("\n".join(str(p.relative_to(ROOT)) for p in written) or f"no cells in {args.unpack}")
+        return {"unpacked": [str(p) for p in written]}
     args.out.mkdir(parents=True, exist_ok=True)
     if args.dvc_part:
         return dvc_part(args.dvc_part, args.out, args.set)
@@ -282,7 +301,7 @@ def main(argv: list[str] | None = None) -> dict:
             committed = seed_results(args.dry, work, name) if name in COMMITTED else set()
             report["parts"][name] = run_part(name, budget, commands, work / f"{name}.log")
             if name in COMMITTED:
-                send_back_new_cells(work / f"{name}-results", args.out / name, committed)
+                send_back_new_cells(work / f"{name}-results", args.out / f"{name}-cells.json", committed)
             (args.out / "device_check.json").write_text(json.dumps(report, indent=2))
     print(summary(report))
     return report
