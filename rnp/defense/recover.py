@@ -26,9 +26,10 @@ def zero_masks_warning(zero: int, total: int) -> str | None:
     """Recovery switched off more channels than it does where RNP works: say what that predicts, from the masks alone."""
     if total == 0 or zero / total <= ZERO_MASKS_WARN:
         return None
-    return (f"recovery set {zero} of {total} masks ({zero / total:.1%}) to 0, where it sets at most {ZERO_MASKS_WARN:.1%} on the models "
-            f"RNP purifies cheaply: expect pruning to cost clean accuracy or leave the backdoor. Models trained briefly, "
-            f"without augmentation, or narrow do this (the reference trains ResNet-18 for 80 epochs with crop and flip)")
+    return (f"recovery set {zero} of {total} masks ({zero / total:.1%}) to 0; where RNP purified a model at little cost it set "
+            f"0.25-1.3 % (docs/quality.md, 'What the masks say'), so expect pruning to cost clean accuracy or leave the backdoor. "
+            f"Models trained briefly, without augmentation, or narrow do this (the reference trains ResNet-18 for 80 epochs with "
+            f"crop and flip)")
 
 
 def channel_view(mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
