@@ -17,8 +17,9 @@ __all__ = ["ChannelMask", "MASK_ON", "ZERO_MASKS_WARN", "bn_layers", "mask_layer
 
 MASK_ON = choices(MaskOn)
 # Where RNP removed a backdoor at little cost, recovery set 0.25 % (the reference's log) and 1.3 % of the masks to 0;
-# in every one of the benchmark's 73 cells where it could not, 3.2-26 % (docs/quality.md, "What the masks say").
-ZERO_MASKS_WARN = 0.025
+# in every one of the benchmark's cells where it could not, and on the clean model trained the same way as the 1.3 %
+# one (pruning cost it 14 points), 2.5-26 % (docs/quality.md, "What the masks say"). The line goes between.
+ZERO_MASKS_WARN = 0.02
 NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
