@@ -52,8 +52,10 @@ def confusion(model: nn.Module, data: DeviceData, num_classes: int) -> list[list
     return counts.view(num_classes, num_classes).tolist()
 
 
-def trace_model(params: dict, arch: str, attack: str, seed: int, work: Path, out: Path = RESULTS, device: str = "cpu") -> dict:
-    cfg = cell_config(params, arch, attack, seed, "reference", {"device": device})
+def trace_model(params: dict, arch: str, attack: str, seed: int, work: Path, out: Path = RESULTS, device: str = "cpu",
+                settings: dict | None = None) -> dict:
+    """Unlearn the cached model as its quality cell did (`settings`: the cell's overrides, e.g. the regime's augmentation)."""
+    cfg = cell_config(params, arch, attack, seed, "reference", {**(settings or {}), "device": device})
     top = work / attack / f"seed{seed}"
     fit_set, info, _ = load_imageset(top / "poison" / "defense.safetensors")
     held_set, _, _ = load_imageset(top / "poison" / "holdout.safetensors")
@@ -194,7 +196,8 @@ def main(argv: list[str] | None = None) -> str:
     if not args.table_only:
         for arch, attack, seed in cached_models(args.work, args.archs, args.attacks, args.seeds, args.results):
             if not (args.out / f"{cell_name(arch, attack, seed)}.json").exists():
-                r = trace_model(params, arch, attack, seed, args.work, args.out, args.device)
+                settings = read_json(args.results / "reference" / f"{cell_name(arch, attack, seed)}.json").get("settings")
+                r = trace_model(params, arch, attack, seed, args.work, args.out, args.device, settings)
                 print(f"{cell_name(arch, attack, seed)}: {len(r['trace']) - 1} epochs, {r['seconds']:.0f} s", flush=True)
     rs = [read_json(p) for p in sorted(args.out.glob("*.json"))]
     text = rules_table(rs) + "\n\n" + ceiling_line(rs)
