@@ -285,6 +285,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.unpack:
+        if not args.unpack.is_dir():
+            ap.error(f"--unpack {args.unpack}: no such folder (the call's files_at)")
         written = unpack(args.unpack)
         print("\n".join(str(p.relative_to(ROOT)) for p in written) or f"no cells in {args.unpack}")
         return {"unpacked": [str(p) for p in written]}

@@ -23,7 +23,7 @@ from rnp.models import ModelSpec, create_model
 from rnp.plots import scatter_png
 
 from .effectiveness import write_marked
-from .quality import CLEAN, DEFENSES, DOC, RESULTS, ROOT, cell_config, score
+from .quality import CLEAN, DOC, RESULTS, ROOT, cell_config, score
 
 PLOT = ROOT / "docs" / "img" / "zero_masks.png"
 
@@ -52,8 +52,7 @@ def rows(results: Path = RESULTS) -> list[dict]:
         first = cell["curve"][0]
         assert first["threshold"] == 0, f"{path}: the sweep does not start at t = 0"
         n = sizes.setdefault(cell["arch"], channels(cell["arch"]))
-        defense = cell["defense"] if cell["defense"] in DEFENSES else "reference"
-        cfg = cell_config(params, cell["arch"], cell["attack"], cell["seed"], defense, cell.get("settings"))
+        cfg = cell_config(params, cell["arch"], cell["attack"], cell["seed"], cell["defense"], cell.get("settings"))
         s = score(cell, cfg.prune)
         out.append({
             "setting": setting(path, results), "arch": cell["arch"], "attack": cell["attack"], "seed": cell["seed"],

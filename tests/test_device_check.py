@@ -90,6 +90,9 @@ def test_a_gpu_part_resumes_from_committed_cells_and_sends_back_only_new_ones(tm
     assert dc.seed_results(True, tmp_path / "dry", part) == set()  # the dry run starts empty
     assert dc.unpack(out) == [committed / "resnet18-blend-seed0.json"]  # back here, beside the committed cells
     assert json.loads((committed / "resnet18-blend-seed0.json").read_text()) == {"attack": "blend"}
+    with pytest.raises(SystemExit) as exit_:
+        dc.main(["--unpack", str(tmp_path / "missing")])
+    assert exit_.value.code == 2
 
 
 def test_the_gpu_regime_workers_split_the_grid_and_only_a_plain_call_runs_regime_and_dvc(tmp_path):
