@@ -56,7 +56,8 @@ LEVERS_DOC = ROOT / "docs" / "levers.md"  # the other defenses' tables go with t
 
 ATTACKS = ["badnets", "blend", "trojan", "sig", "wanet", "lc", "iad", "adaptive_blend"]
 CLEAN = "clean"  # trained without poison; its triggered test set uses the BadNets trigger
-ARCHS = {"small_cnn": {"model.arch": "small_cnn"}, "wrn16_1": {"model.arch": "wrn16_1"}, "resnet18": {"model.arch": "resnet18"}}
+ARCHS = {"small_cnn": {"model.arch": "small_cnn"}, "wrn16_1": {"model.arch": "wrn16_1"}, "resnet18": {"model.arch": "resnet18"},
+         "resnet18_half": {"model.arch": "resnet18_half"}}
 CPU_ARCHS = ["small_cnn", "wrn16_1"]  # resnet18 on the full training set is a GPU row (benchmarks/device_check.sh)
 # LC's perturbation of the black background is itself learnt as the target class (docs/quality.md), so it stays on the clothes
 PER_ATTACK = {CLEAN: {"attack.name": "badnets"}, "lc": {"attack.lc.perturb_background": False}}

@@ -3,7 +3,7 @@ from torch import nn
 
 from .base import MODELS
 
-__all__ = ["ResNet", "resnet18"]
+__all__ = ["ResNet", "resnet18", "resnet18_half"]
 
 
 class BasicBlock(nn.Module):
@@ -25,11 +25,11 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-def _stages(block: type, blocks: tuple[int, ...]) -> tuple[list[nn.Sequential], int]:
-    """Four stages of 64, 128, 256, 512 channels; each but the first halves the resolution."""
-    stages, c_in = [], 64
+def _stages(block: type, blocks: tuple[int, ...], width: int = 64) -> tuple[list[nn.Sequential], int]:
+    """Four stages of width, 2, 4 and 8 x width channels (64-512); each but the first halves the resolution."""
+    stages, c_in = [], width
     for i, n in enumerate(blocks):
-        c_out, stride = 64 * 2**i, 1 if i == 0 else 2
+        c_out, stride = width * 2**i, 1 if i == 0 else 2
         stage = []
         for s in [stride] + [1] * (n - 1):
             stage.append(block(c_in, c_out, s))
@@ -41,11 +41,11 @@ def _stages(block: type, blocks: tuple[int, ...]) -> tuple[list[nn.Sequential], 
 class ResNet(nn.Module):
     """CIFAR-style ResNet: 3x3 stem, no max-pool, four stages of BasicBlocks."""
 
-    def __init__(self, blocks: tuple[int, ...], num_classes: int, in_channels: int = 3):
+    def __init__(self, blocks: tuple[int, ...], num_classes: int, in_channels: int = 3, width: int = 64):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        layers, c_in = _stages(BasicBlock, blocks)
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        layers, c_in = _stages(BasicBlock, blocks, width)
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         self.linear = nn.Linear(c_in, num_classes)
 
@@ -60,6 +60,14 @@ class ResNet(nn.Module):
 def resnet18(num_classes: int, in_channels: int) -> nn.Module:
     """CIFAR-style ResNet-18 (11M parameters, 4,800 BN channels), as in the RNP paper."""
     return ResNet((2, 2, 2, 2), num_classes, in_channels)
+
+
+@MODELS.register("resnet18_half")
+def resnet18_half(num_classes: int, in_channels: int) -> nn.Module:
+    """CIFAR-style ResNet-18 at half width (2.8M parameters, 2,400 BN channels), a quarter of its convolution work.
+
+    For runs at the reference's training length on a CPU (docs/quality.md)."""
+    return ResNet((2, 2, 2, 2), num_classes, in_channels, width=32)
 
 
 class PreActBlock(nn.Module):
