@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
-from rnp.compute import Compute, resolve_compute
+from rnp.compute import Compute, native_cpu_bf16, resolve_compute
 from rnp.config import AugmentParams, PruneParams, RecoverParams, TrainParams, UnlearnParams
 from rnp.data import DeviceData, ImageSet
 from rnp.defense import attach_masks, mask_layers, pruning_sets, recover, sweep_curve, sweep_points, unlearn
@@ -239,6 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
     cuda = args.device.startswith("cuda")
     torch.backends.cudnn.benchmark = cuda  # fixed shapes: let cuDNN time its algorithms once (the stages stay deterministic)
     result = {"workload": w.name, "device": args.device, "threads": torch.get_num_threads(), "cpu": cpu_name(),
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native_cpu_bf16(),
               "gpu": torch.cuda.get_device_name() if cuda else None, "batch_size": args.batch_size,
               "n_train": w.n_train * w.train_epochs, "rnp": {}, "baseline": {}, "distinct_points": {}, "peak_gpu_mib": {} if cuda else None}
     path = Path(args.json) if args.json else RESULTS / f"speed_{args.workload}.json"
@@ -318,6 +319,8 @@ def speed_table(results: list[dict]) -> str:
 
     for r in results:
         where = r.get("gpu") or short_cpu(r.get("cpu", "?"))
+        if not r.get("gpu") and r.get("native_bf16") is False:  # the same CPU name can come with or without bf16 hardware
+            where += f", {r['cpu_capability']}, bf16 emulated"
         workload = f"{r['workload']} ({where}{', ' + r['run'] if r.get('run') else ''})"  # run: which of several runs on one machine kind
         base = dict(r["baseline"])
         if all(k in base for k in DEFENSE):  # a baseline stopped at a time budget has only the phases it finished

@@ -9,6 +9,7 @@ supports it, fp32 anywhere else, so CPU results stay bit-stable unless asked.
 
 from __future__ import annotations
 
+import platform
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from torch import nn
 
 from .errors import RnpError
 
-__all__ = ["Compute", "compile_or_eager", "resolve_device", "resolve_compute"]
+__all__ = ["Compute", "compile_or_eager", "emulated_bf16_note", "native_cpu_bf16", "resolve_device", "resolve_compute"]
 
 @dataclass(frozen=True)
 class Compute:
@@ -62,6 +63,22 @@ def resolve_compute(device: str, precision: str = "fp32") -> Compute:
     bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda" and torch.cuda.is_bf16_supported())
     # channels_last pays off on GPUs, and on CPUs only together with bf16 (fp32 oneDNN eval is slower in it)
     return Compute(dev, bf16, channels_last=bf16 or dev.type == "cuda")
+
+
+def native_cpu_bf16() -> bool | None:
+    """Whether this CPU multiplies bf16 in hardware (x86: AVX512-BF16 or AMX); None where torch cannot tell."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if platform.machine().lower() not in ("x86_64", "amd64") or None in probes:
+        return None
+    return any(probe() for probe in probes)
+
+
+def emulated_bf16_note(compute: Compute) -> str | None:
+    """One line when bf16 was asked for on a CPU that emulates it: there it is slower than fp32, not faster."""
+    if not compute.bf16 or compute.device.type != "cpu" or native_cpu_bf16() is not False:
+        return None
+    return (f"note: precision bf16 on this CPU ({torch.backends.cpu.get_cpu_capability()}, no AVX512-BF16 or AMX) is emulated "
+            "and was 6-8x slower than fp32 on such a CPU (docs/speed.md); precision: fp32 or auto is faster here")
 
 
 def compile_or_eager(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -1,9 +1,12 @@
 """precision: bf16 autocast and channels_last must speed things up without changing what is learnt or saved."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from rnp.compute import Compute, resolve_compute
+from rnp import compute as compute_module
+from rnp.compute import Compute, emulated_bf16_note, resolve_compute
 from rnp.config import AugmentParams, RecoverParams
 from rnp.data import DeviceData, ImageSet
 from rnp.defense import recover
@@ -23,6 +26,36 @@ def test_precision_resolution_on_cpu():
     assert resolve_compute("cpu", "fp32") == Compute(torch.device("cpu"))
     assert resolve_compute("cpu", "auto") == Compute(torch.device("cpu"))  # CPU results stay fp32 unless asked
     assert resolve_compute("cpu", "bf16") == BF16
+
+
+@pytest.mark.parametrize("native", [True, False, None])
+def test_bf16_on_a_cpu_that_emulates_it_gets_a_note_and_nothing_else_does(monkeypatch, capsys, native):
+    """Without AVX512-BF16 or AMX, bf16 is emulated: 6-8x slower than fp32 on an AVX2 EPYC (docs/speed.md)."""
+    from rnp.stages._common import resolve_compute as stage_resolve_compute
+
+    monkeypatch.setattr(compute_module, "native_cpu_bf16", lambda: native)
+    assert emulated_bf16_note(Compute(torch.device("cpu"))) is None  # fp32: nothing to say
+    assert emulated_bf16_note(Compute(torch.device("cuda"), bf16=True)) is None  # a GPU's bf16 is its own check
+    note = emulated_bf16_note(BF16)
+    assert (note is not None) == (native is False)  # unknown (e.g. ARM): no claim either way
+    assert stage_resolve_compute("cpu", "bf16") == BF16  # a note, never a refusal: the results are still right
+    out = capsys.readouterr().out
+    if native is False:
+        assert note.startswith("note: precision bf16 on this CPU") and "emulated" in note and "fp32" in note
+        assert out.count(note) == 1
+    else:
+        assert "emulated" not in out
+    stage_resolve_compute("cpu", "fp32")
+    assert "emulated" not in capsys.readouterr().out
+
+
+def test_the_bf16_probe_agrees_with_the_kernels_cpu_flags():
+    native = compute_module.native_cpu_bf16()
+    cpuinfo = Path("/proc/cpuinfo")
+    if native is None or not cpuinfo.exists():
+        pytest.skip("not an x86 Linux machine: the probe makes no claim")
+    flags = set(next(li for li in cpuinfo.read_text().splitlines() if li.startswith("flags")).split(":", 1)[1].split())
+    assert native == bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def _data(n=64, seed=0) -> ImageSet:

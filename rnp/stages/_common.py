@@ -44,6 +44,8 @@ def resolve_compute(device: str, precision: str) -> Compute:
     chosen = _compute.resolve_compute(device, precision)
     if device == "auto":
         say(f"device auto: {chosen.device.type}{' (bf16)' if chosen.bf16 else ''}")
+    if note := _compute.emulated_bf16_note(chosen):
+        say(note)
     return chosen
 
 
