@@ -36,8 +36,8 @@ def run(cfg: Config, poison_dir: Path, unlearn_dir: Path, out: Path) -> dict:
         flat = torch.cat([m.flatten() for m in masks.values()])
         zero = int((flat == 0).sum())
         history.append({"epoch": epoch, "loss": stats.loss, "defense_acc": stats.acc, "mean_mask": flat.mean().item(), "zero_masks": zero})
-        bar.update()
         bar.set_postfix(defense_acc=f"{stats.acc:.3f}")
+        bar.update()
 
     start = time.perf_counter()
     masks = recover(unlearned, defense, cfg.recover, cfg.augment, seeded_generator(cfg.seed), report, cfg.recover.mask_on)

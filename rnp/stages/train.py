@@ -33,8 +33,8 @@ def run(cfg: Config, poison_dir: Path, out: Path) -> dict:
         row = {"epoch": epoch, "loss": stats.loss, "train_acc": stats.acc, "ca": accuracy(model, test),
                **attack_metrics(model, triggered, extra["targets"])}
         history.append(row)
-        bar.update()
         bar.set_postfix(loss=f"{stats.loss:.3f}", ca=f"{row['ca']:.3f}", asr=f"{row['asr']:.3f}")
+        bar.update()
 
     fit(model, train, p, cfg.augment, seeded_generator(cfg.seed), report)
     bar.close()

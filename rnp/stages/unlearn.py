@@ -32,8 +32,8 @@ def run(cfg: Config, poison_dir: Path, train_dir: Path, out: Path) -> dict:
     def report(epoch, stats, m):  # test metrics are for the history only; unlearning never sees them
         history.append({"epoch": epoch, "loss": stats.loss, "defense_acc": stats.acc, "ca": accuracy(m, test),
                         **attack_metrics(m, triggered, extra["targets"])})
-        bar.update()
         bar.set_postfix(defense_acc=f"{stats.acc:.3f}")
+        bar.update()
 
     start = time.perf_counter()
     unlearned, epochs = unlearn(model, defense, cfg.unlearn, cfg.augment, seeded_generator(cfg.seed), report)
