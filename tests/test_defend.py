@@ -15,6 +15,7 @@ from rnp.defense.recover import ZERO_MASKS_WARN
 from rnp.errors import RnpError
 from rnp.metrics import attack_metrics
 from rnp.models import ModelSpec, create_model, load_model, model_bytes
+from rnp.progress import quiet
 from rnp.stages._common import load_imageset
 from rnp.training import run_epoch, seeded_generator
 
@@ -28,11 +29,22 @@ def _clean_digits(default_run):
     return torch.cat([defense.images, holdout.images]), torch.cat([defense.labels, holdout.labels]), info
 
 
-def test_api_purifies_the_backdoored_model_and_names_its_target(default_run):
+def test_api_purifies_the_backdoored_model_and_names_its_target(default_run, capsys):
     cfg, root, _ = default_run
     model, _, _ = load_model(root / "train/model.safetensors")
     images, labels, info = _clean_digits(default_run)
+    bars = {}
+
+    def recording(iterable, desc, total=None):
+        bars[desc] = quiet(iterable, desc, total)
+        return bars[desc]
+
     purified, report = rnp.defend(model, images, labels, info.mean, info.std, 10, cfg)
+    assert capsys.readouterr().err == ""  # the API prints nothing unasked
+    _, again = rnp.defend(model, images, labels, info.mean, info.std, 10, cfg, progress=recording)
+    assert again["pruned"] == report["pruned"]  # the bars see the work, they do not change it
+    assert bars["unlearn"].n == report["unlearn_epochs"] and bars["recover"].n == bars["recover"].total == cfg.recover.epochs
+    assert bars["prune"].n == bars["prune"].total > 1  # one step per distinct sweep point
     assert report["backdoor_suspected"] and report["suspected_target"] == cfg.attack.target
     anchor = min(report["holdout_acc_before"], report["curve"][0]["holdout_acc"])  # the budget counts from t = 0
     assert report["pruned"] > 0 and report["holdout_acc_after"] >= anchor - cfg.prune.max_clean_drop - 1e-9

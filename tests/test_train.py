@@ -42,20 +42,3 @@ def test_der():
     assert abs(der(0.9, 1.0, 0.8, 0.0) - 0.95) < 1e-9
     assert der(0.9, 0.1, 0.95, 0.5) == 0.5  # no credit for an ASR rise or CA gain
 
-
-def test_progress_in_a_log_is_a_line_now_and_then_with_the_latest_figures(capsys, monkeypatch):
-    """Without a terminal (nohup, SLURM, CI) a bar is noise; a long run still says where it is."""
-    from rnp.stages import _common
-
-    monkeypatch.setattr(_common.sys.stderr, "isatty", lambda: False)
-    assert isinstance(_common.progress(None, "train", total=3), _common.LogProgress)
-    bar = _common.LogProgress(None, "train", total=3, every=0.0)  # every update is due
-    for epoch in range(3):
-        bar.set_postfix(loss=f"{1 / (epoch + 1):.3f}")
-        bar.update()
-    assert capsys.readouterr().err.splitlines() == [
-        "train: 1/3, loss 1.000 (0m00s)", "train: 2/3, loss 0.500 (0m00s)", "train: 3/3, loss 0.333 (0m00s)"]
-    assert list(_common.LogProgress(range(4), "prune", every=0.0)) == [0, 1, 2, 3]  # iterating passes items through
-    assert capsys.readouterr().err.splitlines()[-1] == "prune: 4/4 (0m00s)"
-    quick = _common.LogProgress(range(50), "prune")  # work shorter than a minute prints nothing
-    assert sum(quick) == sum(range(50)) and capsys.readouterr().err == ""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,7 @@ from ..config import Config
 from ..data import DeviceData, ImageSet
 from ..errors import RnpError
 from ..metrics import accuracy
+from ..progress import quiet
 from ..training import seeded_generator
 from .base import register_defense
 from .prune import constant_fitter, decide_pruning
@@ -168,6 +170,7 @@ def defend(
     min_accuracy: float = MIN_ACCURACY,
     normalisation: str | None = None,
     detection_rule: str = "collapse",
+    progress: Callable = quiet,
 ) -> tuple[nn.Module, dict]:
     """Purify `model` with clean `images` (N, C, H, W uint8) and `labels`.
 
@@ -176,6 +179,7 @@ def defend(
     `normalisation` says how mean/std were chosen, for that message (default: their values).
     `detection_rule`: "collapse" (unlearning collapses the model onto one class) or "emergent"
     (and that class led alone when the collapse began: fewer false alarms, fewer targets named).
+    `progress(iterable, desc, total)` makes the bars each step reports to (rnp.progress.progress shows them).
     """
     check_detection_rule(detection_rule)
     cfg = cfg or Config()
@@ -200,18 +204,29 @@ def defend(
 
     # 1) unlearn, and read the backdoor target off the unlearned model
     last, history = {}, []
+    bar = progress(None, "unlearn", cfg.unlearn.max_epochs)
 
     def on_epoch(epoch, stats, m) -> None:
         last.update(acc=stats.acc)
         if detection_rule == "emergent":  # where the unlearned model sends other classes' images, epoch by epoch
             history.append(detect_target(m, every, num_classes).scores)
+        bar.set_postfix(defense_acc=f"{stats.acc:.3f}")
+        bar.update()
 
     unlearned, epochs = unlearn(original, fit, cfg.unlearn, cfg.augment, seeded_generator(cfg.seed), on_epoch)
+    bar.close()
     detection = detect_target(unlearned, every, num_classes, last["acc"], history, detection_rule)
 
     # 2) recover masks on the unlearned model
     kind = resolve_mask_on(original, mask_on)
-    masks = recover(unlearned, fit, cfg.recover, cfg.augment, seeded_generator(cfg.seed), mask_on=kind)
+    bar = progress(None, "recover", cfg.recover.epochs)
+
+    def recovered(epoch, stats, masks) -> None:
+        bar.set_postfix(defense_acc=f"{stats.acc:.3f}")
+        bar.update()
+
+    masks = recover(unlearned, fit, cfg.recover, cfg.augment, seeded_generator(cfg.seed), recovered, mask_on=kind)
+    bar.close()
     flat = torch.cat([m.flatten() for m in masks.values()])
     warnings = [w for w in (warning, zero_masks_warning(int((flat == 0).sum()), flat.numel())) if w]
 
@@ -221,7 +236,8 @@ def defend(
     no_evidence = no_evidence_message(detection)
     blocked = None if detection.backdoored or force else no_evidence
     refit = constant_fitter(purified, layers, fit, cfg.prune, cfg.seed) if cfg.prune.fill == "fit" else None
-    decision = decide_pruning(layers, masks, cfg.prune, lambda: {"holdout_acc": accuracy(purified, holdout)}, blocked=blocked, refit=refit)
+    decision = decide_pruning(layers, masks, cfg.prune, lambda: {"holdout_acc": accuracy(purified, holdout)}, blocked=blocked,
+                              progress=lambda points: progress(points, "prune"), refit=refit)
     verdict = (
         f"backdoor suspected: unlearning sends {detection.score:.0%} of other classes' clean images to class {detection.target}"
         if detection.backdoored

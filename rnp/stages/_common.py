@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import os
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from .. import compute as _compute
 from ..compute import Compute, resolve_device
@@ -17,6 +14,7 @@ from ..data import DeviceData, ImageSet
 from ..errors import RnpError
 from ..io import load_tensors, tensors_bytes
 from ..models import ModelSpec
+from ..progress import progress
 
 __all__ = ["DataInfo", "resolve_compute", "resolve_device", "seed_everything", "imageset_bytes", "load_imageset", "progress", "say"]
 
@@ -90,49 +88,6 @@ def load_imageset(path: Path, *extra: str) -> tuple[ImageSet, DataInfo, dict[str
     if labels.numel() and (labels.min() < 0 or labels.max() >= info.num_classes):
         raise RnpError(f"{path}: labels outside [0, {info.num_classes})")
     return ImageSet(images, labels), info, {k: tensors[k] for k in extra}
-
-
-LOG_PROGRESS_SECONDS = 60.0  # without a terminal: one progress line a minute at most
-
-
-def progress(iterable, desc: str, total: int | None = None):
-    """A tqdm bar on a terminal; in a log (nohup, SLURM, CI), where a bar is noise, a plain line now and then."""
-    if sys.stderr.isatty():
-        return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False, dynamic_ncols=True, mininterval=0.5)
-    return LogProgress(iterable, desc, total)
-
-
-class LogProgress:
-    """The part of tqdm's interface the stages use, writing `desc: n/total, postfix (elapsed)` lines to stderr.
-
-    Work shorter than `every` seconds prints nothing, so a quick stage's log stays its summary line.
-    """
-
-    def __init__(self, iterable, desc: str, total: int | None = None, every: float = LOG_PROGRESS_SECONDS):
-        self.iterable, self.desc, self.every = iterable, desc, every
-        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
-        self.n, self.postfix = 0, ""
-        self.start = self.last = time.monotonic()
-
-    def __iter__(self):
-        for item in self.iterable:
-            yield item
-            self.update()
-
-    def set_postfix(self, **values) -> None:
-        self.postfix = ", ".join(f"{k} {v}" for k, v in values.items())
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        now = time.monotonic()
-        if now - self.last >= self.every:
-            self.last = now
-            done = f"{self.n}/{self.total}" if self.total else str(self.n)
-            minutes, seconds = divmod(int(now - self.start), 60)
-            print(f"{self.desc}: {done}{', ' + self.postfix if self.postfix else ''} ({minutes}m{seconds:02d}s)", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        pass
 
 
 def say(line: str) -> None:

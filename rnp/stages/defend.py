@@ -20,7 +20,7 @@ from ..metrics import accuracy
 from ..models import ModelSpec, model_bytes
 from ..plots import curve_png
 from ..untrusted import load_untrusted
-from ._common import resolve_compute, say, seed_everything
+from ._common import progress, resolve_compute, say, seed_everything
 
 __all__ = ["run", "clean_data"]
 
@@ -124,7 +124,7 @@ def run(cfg: Config, model_path: Path, arch: str, data: str, out: Path, defense_
 
     start = time.perf_counter()
     purified, report = defend(model, clean.images, clean.labels, mean_v, std_v, classes, cfg, compute, mask_on, force, min_accuracy, how,
-                              detection)
+                              detection, progress)
     report["normalisation"] = {"mean": list(mean_v), "std": list(std_v), "how": how}
     report["seconds"] = round(time.perf_counter() - start, 2)
     if evaluation is not None:  # clean test accuracy, for the person reading the report
