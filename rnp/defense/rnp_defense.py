@@ -204,29 +204,29 @@ def defend(
 
     # 1) unlearn, and read the backdoor target off the unlearned model
     last, history = {}, []
-    bar = progress(None, "unlearn", cfg.unlearn.max_epochs)
+    unlearn_bar = progress(None, "unlearn", cfg.unlearn.max_epochs)
 
     def on_epoch(epoch, stats, m) -> None:
         last.update(acc=stats.acc)
         if detection_rule == "emergent":  # where the unlearned model sends other classes' images, epoch by epoch
             history.append(detect_target(m, every, num_classes).scores)
-        bar.set_postfix(defense_acc=f"{stats.acc:.3f}")
-        bar.update()
+        unlearn_bar.set_postfix(defense_acc=f"{stats.acc:.3f}")
+        unlearn_bar.update()
 
     unlearned, epochs = unlearn(original, fit, cfg.unlearn, cfg.augment, seeded_generator(cfg.seed), on_epoch)
-    bar.close()
+    unlearn_bar.close()
     detection = detect_target(unlearned, every, num_classes, last["acc"], history, detection_rule)
 
     # 2) recover masks on the unlearned model
     kind = resolve_mask_on(original, mask_on)
-    bar = progress(None, "recover", cfg.recover.epochs)
+    recover_bar = progress(None, "recover", cfg.recover.epochs)
 
     def recovered(epoch, stats, masks) -> None:
-        bar.set_postfix(defense_acc=f"{stats.acc:.3f}")
-        bar.update()
+        recover_bar.set_postfix(defense_acc=f"{stats.acc:.3f}")
+        recover_bar.update()
 
     masks = recover(unlearned, fit, cfg.recover, cfg.augment, seeded_generator(cfg.seed), recovered, mask_on=kind)
-    bar.close()
+    recover_bar.close()
     flat = torch.cat([m.flatten() for m in masks.values()])
     warnings = [w for w in (warning, zero_masks_warning(int((flat == 0).sum()), flat.numel())) if w]
 
