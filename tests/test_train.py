@@ -41,4 +41,3 @@ def test_der():
     assert der(0.9, 1.0, 0.9, 1.0) == 0.5
     assert abs(der(0.9, 1.0, 0.8, 0.0) - 0.95) < 1e-9
     assert der(0.9, 0.1, 0.95, 0.5) == 0.5  # no credit for an ASR rise or CA gain
-
