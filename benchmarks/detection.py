@@ -20,9 +20,8 @@ import torch
 import yaml
 
 from rnp.attacks import list_attacks
-from rnp.config import config_from_dict, with_overrides
-from rnp.defense import defend
-from rnp.defense.rnp_defense import DETECTION_RULES
+from rnp.config import DetectionRule, choices, config_from_dict, with_overrides
+from rnp.defense import CleanData, DefendOptions, defend
 from rnp.metrics import accuracy, attack_metrics
 from rnp.models import create_model, load_model
 from rnp.stages import poison, train
@@ -60,7 +59,9 @@ def evaluate(name: str, cfg, backdoored: bool, rule: str = "collapse") -> dict:
         test, _, _ = load_imageset(root / "poison" / "test_clean.safetensors")
         trig, _, extra = load_imageset(root / "poison" / "test_poison.safetensors", "targets")
         images, labels = torch.cat([defense.images, holdout.images]), torch.cat([defense.labels, holdout.labels])
-        purified, report = defend(model, images, labels, info.mean, info.std, info.num_classes, cfg, detection_rule=rule)
+        ruled = config_from_dict(with_overrides(cfg.to_dict(), {"unlearn.detection": rule}))
+        purified, result = defend(model, CleanData(images, labels, info.mean, info.std, info.num_classes), DefendOptions(ruled))
+        report = result.to_json()
         on = lambda s: info.to_device(s, torch.device("cpu"))  # noqa: E731
         before = {"ca": accuracy(model, on(test)), **attack_metrics(model, on(trig), extra["targets"])}
         after = {"ca": accuracy(purified, on(test)), **attack_metrics(purified, on(trig), extra["targets"])}
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--attacks", nargs="+", default=list_attacks(), choices=list_attacks())
     ap.add_argument("--clean-seeds", type=int, nargs="*", default=[0, 1, 2])
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
-    ap.add_argument("--detection", choices=DETECTION_RULES, default="collapse", help="rnp defend's detection rule")
+    ap.add_argument("--detection", choices=choices(DetectionRule), default="collapse", help="rnp defend's detection rule")
     ap.add_argument("--csv", type=Path, help="default benchmarks/results/detection.csv (rule collapse), detection_<rule>.csv otherwise")
     ap.add_argument("--no-readme", action="store_true")
     args = ap.parse_args(argv)

@@ -28,7 +28,7 @@ from torch import nn
 from rnp.compute import resolve_compute
 from rnp.data import DeviceData, ImageSet
 from rnp.defense import unlearn
-from rnp.defense.rnp_defense import COLLAPSED, DETECTION_THRESHOLD, EMERGE_LEAD, EMERGE_LEVEL, emerged_alone, probe_predictions
+from rnp.defense.detection import COLLAPSED, DETECTION_THRESHOLD, EMERGE_LEAD, EMERGE_LEVEL, emerged_alone, probe_predictions
 from rnp.io import atomic_write_bytes, json_bytes, read_json
 from rnp.models import load_model
 from rnp.stages._common import load_imageset

@@ -30,9 +30,9 @@ from torch import nn
 
 from rnp.config import PruneParams
 from rnp.data import DeviceData, ImageSet
+from rnp.defense import detect_target
 from rnp.defense.prune import apply_pruning, constant_fitter, refit_classifier_bias
 from rnp.defense.recover import bn_layers
-from rnp.defense.rnp_defense import detect_target
 from rnp.io import atomic_write_bytes, json_bytes, load_tensors, read_json
 from rnp.metrics import accuracy, attack_metrics
 from rnp.models.base import load_model

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import MaskOn, choices, load_config
+from .config import DetectionRule, MaskOn, choices, load_config, with_overrides
 from .errors import RnpError
 from .stages import STAGES, run_stage
 
@@ -50,11 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--image-size", type=int, default=32, help="folder data: resize images to this side (default 32)")
     d.add_argument("--mean", help="normalisation the model was trained with, e.g. 0.4914,0.4822,0.4465 (default: the data's own)")
     d.add_argument("--std", help="e.g. 0.247,0.243,0.261 (default: the data's own)")
-    d.add_argument("--mask-on", choices=choices(MaskOn), default="auto", help="what to mask: BN (default when present), any norm, conv channels")
-    d.add_argument("--force", action="store_true", help="prune even when no backdoor is detected")
-    d.add_argument("--detection", default="collapse",
-                   help="collapse (default): unlearning collapses the model onto one class; emergent: and that class led alone "
-                        "when the collapse began (no false alarm on the benchmark's clean models, fewer targets named: docs/defend.md)")
+    d.add_argument("--defense", default="rnp", help="registered defense (rnp list; default rnp)")
+    d.add_argument("--mask-on", choices=choices(MaskOn), help="what to mask (recover.mask_on): BN (auto picks it when present), norm, conv")
+    d.add_argument("--force", action="store_true", help="prune even when no backdoor is detected (prune.force)")
+    d.add_argument("--detection", choices=choices(DetectionRule),
+                   help="unlearn.detection: collapse (default): unlearning collapses the model onto one class; emergent: and that class led "
+                        "alone when the collapse began (no false alarm on the benchmark's clean models, fewer targets named: docs/defend.md)")
     d.add_argument("--min-accuracy", type=float, default=0.5,
                    help="refuse a model scoring less on the clean images (default 0.5): it is mis-specified, not defended")
     return ap
@@ -83,12 +84,14 @@ def _run(args: argparse.Namespace) -> None:
         print(dvc_flags(args.name))
         return
     if args.command == "defend":
-        from .config import Config
+        from .config import Config, config_from_dict
         from .stages import defend
 
         cfg = load_config(args.params) if args.params else Config()
-        defend.run(cfg, args.model, args.arch, args.data, args.out, args.defense_size, args.image_size, args.mean, args.std, args.mask_on, args.force,
-                   args.min_accuracy, args.detection)
+        flags = {"recover.mask_on": args.mask_on, "unlearn.detection": args.detection, "prune.force": True if args.force else None}
+        cfg = config_from_dict(with_overrides(cfg.to_dict(), {k: v for k, v in flags.items() if v is not None}))
+        defend.run(cfg, args.model, args.arch, args.data, args.out, args.defense_size, args.image_size, args.mean, args.std,
+                   args.min_accuracy, args.defense)
         return
     cfg = load_config(args.params)
     run_stage(args.command, cfg, {i: getattr(args, i) for i in STAGES[args.command].inputs}, args.out)

@@ -25,7 +25,7 @@ from .sections import Count, NonNegative, OpenUnit, Positive, Section, Unit, cho
 
 __all__ = [
     "Config", "load_config", "config_from_dict", "with_overrides", "choices",
-    "Precision", "MaskOn", "BnStats", "Mode", "Sweep", "Select",
+    "Precision", "MaskOn", "DetectionRule", "BnStats", "Mode", "Sweep", "Select",
 ]
 
 Precision = Literal["auto", "fp32", "bf16"]
@@ -35,6 +35,7 @@ Mode = Literal["all_to_one", "all_to_all"]
 Sweep = Literal["threshold", "number"]
 Select = Literal["auto", "fixed"]
 Fill = Literal["bias", "fit"]
+DetectionRule = Literal["collapse", "emergent"]
 
 class DataParams(Section):
     dataset: str = "digits"  # registry name, see `rnp list`
@@ -116,6 +117,8 @@ class UnlearnParams(Section):
     clean_threshold: Unit = 0.20  # stop once an epoch's running defense accuracy <= this
     batch_size: Count = 64  # reference 128 on 500 images = 4 steps/epoch; 64 keeps that on 200
     clip_grad_norm: NonNegative = 0.0  # 0 = off; the reference's clipping has no effect, so off matches it
+    # how the unlearned model is read for a backdoor: it collapsed onto one class | emergent: and that class led alone as the collapse began
+    detection: DetectionRule = "collapse"
 
 
 class RecoverParams(Section):
@@ -124,7 +127,8 @@ class RecoverParams(Section):
     alpha: Positive = 0.2  # loss = alpha * CE
     epochs: Count = 20
     batch_size: Count = 128
-    mask_on: MaskOn = "bn"  # bn (as published) | norm (any norm layer's weight) | conv (conv output channels) | auto
+    # auto: bn when the model has BN (as published), else norm, else conv | bn | norm (any norm layer's weight) | conv (conv output channels)
+    mask_on: MaskOn = "auto"
     bn_stats: BnStats = "batch"  # batch: BN normalises with each batch's statistics (train mode, as published) | running: with the unlearned model's
 
 
@@ -135,6 +139,7 @@ class PruneParams(Section):
     max_number: Annotated[int, Field(ge=0)] = 200  # number sweep: 0 .. max_number channels ...
     number_step: Count = 10  # ... in this step
     select: Select = "auto"  # auto: chosen on clean held-out defense data; fixed: use threshold / number below
+    force: bool = False  # prune even when unlearning shows no sign of a backdoor (unlearn.detection); the sweep is measured either way
     max_clean_drop: Unit = 0.01  # auto: prune while held-out clean accuracy stays within this of the t = 0 point (or the unpruned model)
     max_first_drop: Unit = 0.3  # auto: if t = 0 alone costs more held-out accuracy than this, prune nothing
     threshold: Unit = 0.20  # fixed, sweep=threshold

@@ -19,6 +19,7 @@ __all__ = [
     "Dataset",
     "ImageSet",
     "DeviceData",
+    "draw_split",
     "random_crop",
     "random_flip",
 ]
@@ -43,9 +44,19 @@ class ImageSet:
 
     def split(self, share: float, seed: int) -> tuple[ImageSet, ImageSet]:
         """(the rest, a random `share` of the images), each in the original order; deterministic in `seed`."""
-        perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
-        n = int(round(len(self) * share))
-        return self.subset(perm[n:].sort().values), self.subset(perm[:n].sort().values)
+        rest, held = draw_split(len(self), len(self), share, seed)
+        return self.subset(rest), self.subset(held)
+
+
+def draw_split(n: int, size: int, share: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of `size` of `n` items drawn with `seed`, split into (the rest, a `share` held out), each sorted.
+
+    The one split of the defender's clean images: the poison stage draws them from the clean training
+    images (size: data.defense_size), `rnp defend` splits all of the user's (size n).
+    """
+    picked = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size]
+    k = int(round(size * share))
+    return picked[k:].sort().values, picked[:k].sort().values
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import torch
 
 from .attacks import AttackContext, attack_targets, get_attack
 from .config import AttackParams, DataParams
-from .data import Dataset, ImageSet
+from .data import Dataset, ImageSet, draw_split
 from .errors import RnpError
 
 __all__ = ["PoisonedData", "poison", "eligible_for_poison"]
@@ -82,16 +82,14 @@ def poison(ds: Dataset, data: DataParams, attack: AttackParams, seed: int, clean
     size = int(data.defense_size) if data.defense_size >= 1 else int(round(data.defense_size * len(train)))
     if size > len(pool):
         raise RnpError(f"data.defense_size {size} is larger than the {len(pool)} clean training images")
-    picked = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(data.defense_seed))[:size]]
-    n_holdout = int(round(size * data.defense_holdout))
-    if size - n_holdout < 1 or (data.defense_holdout > 0 and n_holdout < 1):
+    rest, held = draw_split(len(pool), size, data.defense_holdout, data.defense_seed)
+    if len(rest) < 1 or (data.defense_holdout > 0 and len(held) < 1):
         raise RnpError(f"data.defense_size {size} is too small to hold out {data.defense_holdout} of it")
-    defense = train.subset(picked[n_holdout:].sort().values)
-    holdout = train.subset(picked[:n_holdout].sort().values)
+    defense, holdout = train.subset(pool[rest]), train.subset(pool[held])
 
     # 6) the holdout measures generalisation, so the backdoored model must never train on it
     keep = torch.ones(len(train), dtype=torch.bool)
-    keep[picked[:n_holdout]] = False
+    keep[pool[held]] = False
     return PoisonedData(
         ImageSet(images[keep], labels[keep]), poisoned[keep], cover[keep], test, test_poison, test_targets, source, defense, holdout
     )

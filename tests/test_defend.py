@@ -10,7 +10,7 @@ import rnp
 from rnp.cli import main
 from rnp.config import Config
 from rnp.datasets import load_dataset
-from rnp.defense import defend
+from rnp.defense import CleanData, DefendOptions, defend
 from rnp.defense.recover import ZERO_MASKS_WARN
 from rnp.errors import RnpError
 from rnp.metrics import attack_metrics
@@ -39,20 +39,20 @@ def test_api_purifies_the_backdoored_model_and_names_its_target(default_run, cap
         bars[desc] = quiet(iterable, desc, total)
         return bars[desc]
 
-    purified, report = rnp.defend(model, images, labels, info.mean, info.std, 10, cfg)
+    purified, report = rnp.defend(model, rnp.CleanData(images, labels, info.mean, info.std, 10), rnp.DefendOptions(cfg))
     assert capsys.readouterr().err == ""  # the API prints nothing unasked
-    _, again = rnp.defend(model, images, labels, info.mean, info.std, 10, cfg, progress=recording)
-    assert again["pruned"] == report["pruned"]  # the bars see the work, they do not change it
-    assert bars["unlearn"].n == report["unlearn_epochs"] and bars["recover"].n == bars["recover"].total == cfg.recover.epochs
+    _, again = rnp.defend(model, rnp.CleanData(images, labels, info.mean, info.std, 10), rnp.DefendOptions(cfg, progress=recording))
+    assert again.pruned == report.pruned  # the bars see the work, they do not change it
+    assert bars["unlearn"].n == report.unlearn_epochs and bars["recover"].n == bars["recover"].total == cfg.recover.epochs
     assert bars["prune"].n == bars["prune"].total > 1  # one step per distinct sweep point
-    assert report["backdoor_suspected"] and report["suspected_target"] == cfg.attack.target
-    anchor = min(report["holdout_acc_before"], report["curve"][0]["holdout_acc"])  # the budget counts from t = 0
-    assert report["pruned"] > 0 and report["holdout_acc_after"] >= anchor - cfg.prune.max_clean_drop - 1e-9
-    assert report["clean_acc"] > 0.9 and report["holdout_resolution"] == 1 / report["clean_images"]["holdout"]
-    assert not any("held-out" in w for w in report["warnings"])  # 102 held-out images resolve the 1-point budget
-    flat = torch.cat([m.flatten() for m in report["masks"].values()])
-    assert any(w.startswith("recovery set") for w in report["warnings"]) == (int((flat == 0).sum()) / flat.numel() > ZERO_MASKS_WARN)
-    assert report["holdout_acc_after"] >= report["holdout_acc_before"] - cfg.prune.max_first_drop - cfg.prune.max_clean_drop - 1e-9
+    assert report.backdoor_suspected and report.detection.target == cfg.attack.target
+    anchor = min(report.holdout_acc_before, report.curve[0]["holdout_acc"])  # the budget counts from t = 0
+    assert report.pruned > 0 and report.holdout_acc_after >= anchor - cfg.prune.max_clean_drop - 1e-9
+    assert report.clean_acc > 0.9 and report.holdout_resolution == 1 / report.clean_images["holdout"]
+    assert not any("held-out" in w for w in report.warnings)  # 102 held-out images resolve the 1-point budget
+    flat = torch.cat([m.flatten() for m in report.masks.values()])
+    assert any(w.startswith("recovery set") for w in report.warnings) == (int((flat == 0).sum()) / flat.numel() > ZERO_MASKS_WARN)
+    assert report.holdout_acc_after >= report.holdout_acc_before - cfg.prune.max_first_drop - cfg.prune.max_clean_drop - 1e-9
     trig, _, extra = load_imageset(root / "poison/test_poison.safetensors", "targets")
     asr = attack_metrics(purified, info.to_device(trig, torch.device("cpu")), extra["targets"])["asr"]
     assert asr < 0.9  # weakened; how far depends on the clean split (docs/autothreshold.md)
@@ -64,9 +64,9 @@ def test_a_model_unlearning_cannot_collapse_is_reported_clean_and_left_unpruned(
     model, _, _ = load_model(root / "train/model.safetensors")
     images, labels, info = _clean_digits(default_run)
     gentle = make_config(**{"unlearn.max_epochs": 2})  # accuracy stays high: nothing points at a backdoor
-    purified, report = defend(model, images, labels, info.mean, info.std, 10, gentle)
-    assert not report["backdoor_suspected"] and report["unlearned_acc"] > 0.3
-    assert report["verdict"].startswith("no evidence of a backdoor") and report["pruned"] == 0
+    purified, report = defend(model, CleanData(images, labels, info.mean, info.std, 10), DefendOptions(gentle))
+    assert not report.backdoor_suspected and report.detection.unlearned_acc > 0.3
+    assert report.verdict.startswith("no evidence of a backdoor") and report.pruned == 0
     for a, b in zip(model.state_dict().values(), purified.state_dict().values()):
         assert torch.equal(a, b)
 
@@ -163,9 +163,9 @@ def test_too_little_clean_data_is_refused():
     model = create_model(ModelSpec("small_cnn", 10, (1, 8, 8), (0.5,), (0.2,)))
     images = torch.zeros(12, 1, 8, 8, dtype=torch.uint8)
     with pytest.raises(RnpError, match="only 5 clean images for 10 classes"):
-        defend(model, images[:5], torch.arange(5), (0.5,), (0.2,), 10, Config())
+        defend(model, CleanData(images[:5], torch.arange(5), (0.5,), (0.2,), 10), DefendOptions(Config()))
     with pytest.raises(RnpError, match="the clean data has no image of class 9"):
-        defend(model, images, torch.arange(12) % 9, (0.5,), (0.2,), 10, Config())
+        defend(model, CleanData(images, torch.arange(12) % 9, (0.5,), (0.2,), 10), DefendOptions(Config()))
 
 
 def test_folder_data_with_the_wrong_channel_count_is_named(tmp_path, capsys):
@@ -198,7 +198,8 @@ def test_speed_benchmark_runs_on_a_tiny_workload(capsys):
     (["--mean", "nan"], "--mean must be finite, got 'nan'"),
     (["--defense-size", "-5"], "--defense-size must be >= 1, got -5"),
     (["--image-size", "0"], "--image-size must be >= 1, got 0"),
-    (["--detection", "vote"], "--detection must be one of collapse, emergent, got 'vote'"),
+    (["--detection", "vote"], "argument --detection: invalid choice: 'vote'"),
+    (["--defense", "anp"], "unknown defense 'anp' in --defense (valid: rnp)"),
 ])
 def test_degenerate_numbers_are_one_line_before_any_work(tmp_path, capsys, flags, message):
     out = tmp_path / "purified.safetensors"
@@ -268,7 +269,7 @@ def test_too_few_clean_images_for_a_held_out_split_name_the_number_needed(tmp_pa
     images = torch.randint(0, 256, (20, 1, 8, 8), dtype=torch.uint8)
     model = create_model(ModelSpec("small_cnn", 2, (1, 8, 8), (0.5,), (0.2,)))
     with pytest.raises(RnpError, match=r"20 clean images leave 7 held out \(data.defense_holdout 0.34\); .* at least 10: give at least 30 clean"):
-        defend(model, images, torch.arange(20) % 2, (0.5,), (0.2,), 2, Config())
+        defend(model, CleanData(images, torch.arange(20) % 2, (0.5,), (0.2,), 2), DefendOptions(Config()))
 
 
 def test_a_model_near_chance_on_the_clean_images_is_refused_not_called_backdoored(tmp_path, capsys):
@@ -285,7 +286,7 @@ def test_a_model_near_chance_on_the_clean_images_is_refused_not_called_backdoore
     assert not out.exists()
     with pytest.raises(RnpError, match=r"the model scores \d+% on the 300 clean images .*mean 0.5, std 0.25"):
         images, labels = load_dataset("digits").train.images[:300], load_dataset("digits").train.labels[:300]
-        defend(create_model(spec), images, labels, (0.5,), (0.25,), 10, Config())
+        defend(create_model(spec), CleanData(images, labels, (0.5,), (0.25,), 10), DefendOptions(Config()))
 
 
 def _brightness_model() -> torch.nn.Module:
@@ -313,7 +314,7 @@ def test_without_mean_std_the_normalisation_the_model_is_accurate_under_is_found
 
 
 def test_a_held_out_set_too_coarse_for_the_budget_says_so_and_what_to_do():
-    from rnp.defense.rnp_defense import holdout_warning
+    from rnp.defense import holdout_warning
 
     assert holdout_warning(102, 0.34, 0.01) is None  # 0.98 % per image: fine for a 1-point budget
     warning = holdout_warning(68, 0.34, 0.01)

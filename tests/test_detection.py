@@ -5,8 +5,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rnp.defense import defend
-from rnp.defense.rnp_defense import COLLAPSED, Detection, emerged_alone, sink_scores
+from rnp.config import config_from_dict, with_overrides
+from rnp.defense import CleanData, DefendOptions, defend
+from rnp.defense.detection import COLLAPSED, Detection, emerged_alone, sink_scores
 from rnp.errors import RnpError
 from rnp.models import load_model
 from rnp.stages._common import load_imageset
@@ -53,15 +54,16 @@ def test_defend_with_rule_emergent_reports_the_epochs_it_judged_by(default_run):
     defense, info, _ = load_imageset(root / "poison/defense.safetensors")
     holdout, _, _ = load_imageset(root / "poison/holdout.safetensors")
     images, labels = torch.cat([defense.images, holdout.images]), torch.cat([defense.labels, holdout.labels])
-    _, plain = defend(model, images, labels, info.mean, info.std, 10, cfg)
-    _, report = defend(model, images, labels, info.mean, info.std, 10, cfg, detection_rule="emergent")
-    assert report["detection_rule"] == "emergent" and len(report["epoch_scores"]) == report["unlearn_epochs"]
-    assert report["epoch_scores"][-1] == report["class_scores"]  # the last epoch is the unlearned model detection reads
-    emerged = emerged_alone(report["epoch_scores"], report["suspected_target"])
-    assert report["backdoor_suspected"] == (plain["backdoor_suspected"] and emerged)
+    _, plain = defend(model, CleanData(images, labels, info.mean, info.std, 10), DefendOptions(cfg))
+    emergent = config_from_dict(with_overrides(cfg.to_dict(), {"unlearn.detection": "emergent"}))
+    _, report = defend(model, CleanData(images, labels, info.mean, info.std, 10), DefendOptions(emergent))
+    assert report.detection.rule == "emergent" and len(report.detection.history) == report.unlearn_epochs
+    assert report.detection.history[-1] == report.detection.scores  # the last epoch is the unlearned model detection reads
+    emerged = emerged_alone(report.detection.history, report.detection.target)
+    assert report.backdoor_suspected == (plain.backdoor_suspected and emerged)
     # the same unlearning and masks: the probes do not disturb the run (the collapse rule's report is unchanged by them)
-    assert report["unlearn_epochs"] == plain["unlearn_epochs"] and report["class_scores"] == plain["class_scores"]
-    assert all(torch.equal(report["masks"][k], plain["masks"][k]) for k in plain["masks"])
+    assert report.unlearn_epochs == plain.unlearn_epochs and report.detection.scores == plain.detection.scores
+    assert all(torch.equal(report.masks[k], plain.masks[k]) for k in plain.masks)
 
 
 def _trace(history: list[list[float]], final_acc: float) -> list[dict]:
@@ -97,7 +99,9 @@ def test_the_ceiling_counts_models_whose_target_leads_after_some_epoch_only():
     assert "**1 of 2**" in line and "badnets 1/1" in line and "sig 0/1" in line
 
 
-def test_an_unknown_rule_is_refused_before_any_work_with_the_name_the_caller_used():
-    with pytest.raises(RnpError, match="detection rule must be one of collapse, emergent, got 'vote'"):
-        defend(torch.nn.Linear(2, 2), torch.zeros(4, 1, 2, 2), torch.zeros(4, dtype=torch.long), [0.0], [1.0], 2,
-               detection_rule="vote")
+def test_an_unknown_rule_or_defense_is_refused_before_any_work_with_the_valid_names():
+    with pytest.raises(RnpError, match="unlearn.detection must be one of collapse, emergent, got 'vote'"):
+        config_from_dict({"unlearn": {"detection": "vote"}})
+    with pytest.raises(RnpError, match=r"unknown defense 'anp' in --defense \(valid: rnp\)"):
+        defend(torch.nn.Linear(2, 2), CleanData(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), (0.0,), (1.0,), 2),
+               defense="anp")

@@ -1,15 +1,29 @@
-"""Defenses. RNP, as three pure functions on modules and tensors, and as one call:
+"""Defenses. RNP, as three pure functions on modules and tensors, and as one pipeline:
 
-unlearn  -> maximise the loss on clean defense data until accuracy collapses
-recover  -> learn a [0, 1] mask per BatchNorm channel on the unlearned model
-prune    -> zero the BN weights of low-mask channels in the original model
-defend   -> all three on a user's model, with detection (rnp_defense.py, registered as "rnp")
+unlearn  -> maximise the loss on clean defense data until accuracy collapses (unlearn.py)
+detect   -> which class does the unlearned model collapse onto? (detection.py)
+recover  -> learn a [0, 1] mask per BatchNorm channel on the unlearned model (recover.py)
+prune    -> zero the BN weights of low-mask channels in the original model (prune.py)
+pipeline -> the steps in turn, registered as defense "rnp": what `rnp defend` and the DVC stages run (pipeline.py)
 
 A second defense goes in its own module here, registered in DEFENSES (see base.py).
 """
 
-from . import rnp_defense  # noqa: F401  (registers "rnp")
-from .base import DEFENSES, register_defense
+from . import pipeline  # noqa: F401  (registers "rnp")
+from .base import (
+    DEFENSES,
+    CleanData,
+    DefendOptions,
+    Defense,
+    DefenseReport,
+    Prepared,
+    defend,
+    holdout_warning,
+    prepare,
+    register_defense,
+)
+from .detection import Detection, detect_target
+from .pipeline import Unlearned, prune_step, recover_step, unlearn_step
 from .prune import (
     PruneDecision,
     apply_pruning,
@@ -26,14 +40,24 @@ from .prune import (
     sweep_points,
 )
 from .recover import MASK_ON, attach_masks, bn_layers, mask_layers, recover, resolve_mask_on, zero_masks_warning
-from .rnp_defense import defend, detect_target, holdout_warning
 from .unlearn import unlearn
 
 __all__ = [
     "DEFENSES",
     "register_defense",
     "defend",
+    "Defense",
+    "CleanData",
+    "DefendOptions",
+    "DefenseReport",
+    "Prepared",
+    "prepare",
+    "Detection",
     "detect_target",
+    "Unlearned",
+    "unlearn_step",
+    "recover_step",
+    "prune_step",
     "holdout_warning",
     "zero_masks_warning",
     "unlearn",

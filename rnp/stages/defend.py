@@ -12,8 +12,8 @@ import torch
 from ..config import Config
 from ..data import DeviceData
 from ..datasets import load_dataset
-from ..defense import MASK_ON, defend, mask_layers
-from ..defense.rnp_defense import MIN_ACCURACY, check_detection_rule
+from ..defense import DEFENSES, MASK_ON, CleanData, DefendOptions, DefenseReport, defend, mask_layers
+from ..defense.base import MIN_ACCURACY
 from ..errors import RnpError
 from ..io import StageWriter, csv_bytes, json_bytes, tensors_bytes
 from ..metrics import accuracy
@@ -99,12 +99,12 @@ def choose_normalisation(model: torch.nn.Module, clean, data_mean, data_std, min
 
 
 def run(cfg: Config, model_path: Path, arch: str, data: str, out: Path, defense_size: int = 500, image_size: int = 32,
-        mean: str | None = None, std: str | None = None, mask_on: str = "auto", force: bool = False,
-        min_accuracy: float = MIN_ACCURACY, detection: str = "collapse") -> dict:
+        mean: str | None = None, std: str | None = None, min_accuracy: float = MIN_ACCURACY, defense: str = "rnp") -> DefenseReport:
+    """`cfg` carries the settings the flags set: recover.mask_on (--mask-on), prune.force (--force), unlearn.detection (--detection)."""
     check_arguments(out, defense_size, image_size)
     if not 0 <= min_accuracy <= 1:
         raise RnpError(f"--min-accuracy must be in [0, 1], got {min_accuracy}")
-    check_detection_rule(detection, "--detection")
+    DEFENSES.get(defense)  # an unknown name fails before any work
     mean_v, std_v = _floats(mean, "--mean"), _floats(std, "--std", positive=True)
     clean, evaluation, classes, data_mean, data_std = clean_data(data, cfg, defense_size, image_size)
     channels = clean.images.shape[1]
@@ -112,6 +112,7 @@ def run(cfg: Config, model_path: Path, arch: str, data: str, out: Path, defense_
         raise RnpError(f"--mean/--std need {channels} values (the images have {channels} channels)")
     spec = ModelSpec(arch, classes, tuple(clean.images.shape[1:]), mean_v or data_mean, std_v or data_std)
     model = load_untrusted(model_path, spec)
+    mask_on = cfg.recover.mask_on
     if not mask_layers(model, mask_on):
         raise RnpError(f"--mask-on {mask_on}: {arch} has no such layer to mask (use one of {', '.join(MASK_ON)})")
     if mean_v is None and std_v is None:
@@ -123,31 +124,31 @@ def run(cfg: Config, model_path: Path, arch: str, data: str, out: Path, defense_
     seed_everything(cfg.seed)
 
     start = time.perf_counter()
-    purified, report = defend(model, clean.images, clean.labels, mean_v, std_v, classes, cfg, compute, mask_on, force, min_accuracy, how,
-                              detection, progress)
-    report["normalisation"] = {"mean": list(mean_v), "std": list(std_v), "how": how}
-    report["seconds"] = round(time.perf_counter() - start, 2)
+    purified, report = defend(model, CleanData(clean.images, clean.labels, mean_v, std_v, classes, how),
+                              DefendOptions(cfg, compute, min_accuracy, progress), defense)
+    report.extra["normalisation"] = {"mean": list(mean_v), "std": list(std_v), "how": how}
+    report.extra["seconds"] = round(time.perf_counter() - start, 2)
     if evaluation is not None:  # clean test accuracy, for the person reading the report
         test = DeviceData(evaluation, mean_v, std_v, torch.device("cpu"))
-        report["test_acc_before"], report["test_acc_after"] = accuracy(model, test), accuracy(purified, test)
-    masks, curve = report.pop("masks"), report.pop("curve")
+        report.extra["test_acc_before"], report.extra["test_acc_after"] = accuracy(model, test), accuracy(purified, test)
+    summary = report.to_json()
 
     stem = out.name[: -len(".safetensors")]
     with StageWriter(out.parent, marker=f"{stem}.report.json") as w:  # the report, written last, vouches for the set
-        w.write(out.name, model_bytes(purified, spec, {"stage": "defend", "report": {k: v for k, v in report.items() if k != "class_scores"}}))
-        w.write(f"{stem}.masks.safetensors", tensors_bytes(masks, {"mask_on": report["mask_on"], "stage": "defend"}))
-        w.write(f"{stem}.curve.csv", csv_bytes(curve))
-        w.write(f"{stem}.curve.png", _curve_png(curve, report))
-        w.write(f"{stem}.report.json", json_bytes(report))
-    held = report["clean_images"]["holdout"]
-    acc = f"held-out clean acc {report['holdout_acc_before']:.1%} -> {report['holdout_acc_after']:.1%} on {held} images, {1 / held:.1%} each"
-    for warning in report["warnings"]:
+        w.write(out.name, model_bytes(purified, spec, {"stage": "defend", "report": {k: v for k, v in summary.items() if k != "class_scores"}}))
+        w.write(f"{stem}.masks.safetensors", tensors_bytes(report.masks, {"mask_on": report.mask_on, "stage": "defend"}))
+        w.write(f"{stem}.curve.csv", csv_bytes(report.curve))
+        w.write(f"{stem}.curve.png", _curve_png(report))
+        w.write(f"{stem}.report.json", json_bytes(summary))
+    held = report.clean_images["holdout"]
+    acc = f"held-out clean acc {report.holdout_acc_before:.1%} -> {report.holdout_acc_after:.1%} on {held} images, {1 / held:.1%} each"
+    for warning in report.warnings:
         say(f"defend: WARNING: {warning}")
-    say(f"defend: {report['verdict']}; pruned {report['pruned']} channels ({acc}, {report['seconds']:.1f} s) -> {out}")
+    say(f"defend: {report.verdict}; pruned {report.pruned} channels ({acc}, {summary['seconds']:.1f} s) -> {out}")
     return report
 
 
-def _curve_png(curve: list[dict], report: dict) -> bytes:
+def _curve_png(report: DefenseReport) -> bytes:
     """defend measures held-out clean accuracy only: no test CA, no ASR, no oracle."""
-    rows = [{"threshold": r["threshold"], "holdout_acc": r["holdout_acc"]} for r in curve]
-    return curve_png(rows, "threshold", report["selected"], before={"holdout_acc": report["holdout_acc_before"]})
+    rows = [{"threshold": r["threshold"], "holdout_acc": r["holdout_acc"]} for r in report.curve]
+    return curve_png(rows, "threshold", report.selected, before={"holdout_acc": report.holdout_acc_before})

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..config import Config
-from ..defense import constant_fitter, decide_pruning, holdout_warning, mask_layers, oracle_point, refit_classifier_bias
+from ..defense import Detection, holdout_warning, mask_layers, oracle_point, prune_step, refit_classifier_bias
 from ..errors import RnpError
 from ..io import StageWriter, csv_bytes, json_bytes, load_tensors
 from ..metrics import accuracy, attack_metrics, der
@@ -19,17 +19,23 @@ from ._common import load_imageset, progress, resolve_compute, say
 __all__ = ["run", "load_masks"]
 
 
-def load_masks(path: Path, model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.nn.Module]]:
-    """Masks in model order, and the layers they belong to (BN unless the recover stage masked another kind)."""
+def load_masks(path: Path, model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], str, Detection | None]:
+    """Masks in model order, the kind of layer they belong to (BN unless the recover stage masked another kind),
+    and the unlearned model's detection that came with them (None: masks made without it)."""
     masks, meta = load_tensors(path, hint=" (run the recover stage first: dvc repro recover)")
-    layers = mask_layers(model, str(meta.get("mask_on", "bn")))
+    kind = str(meta.get("mask_on", "bn"))
+    layers = mask_layers(model, kind)
     if set(masks) != set(layers):
         diff = sorted(set(masks) ^ set(layers))
         raise RnpError(f"{path}: masks do not match the model's masked layers (e.g. {diff[0]})")
     for name, layer in layers.items():
         if masks[name].shape != (layer.weight.shape[0],):
             raise RnpError(f"{path}: mask {name} has shape {tuple(masks[name].shape)}, layer has {layer.weight.shape[0]} channels")
-    return {name: masks[name] for name in layers}, layers
+    try:
+        detection = Detection(**meta["detection"]) if meta.get("detection") else None
+    except TypeError:
+        raise RnpError(f"{path}: its detection metadata is not rnp's (run the recover stage again: dvc repro recover)") from None
+    return {name: masks[name] for name in layers}, kind, detection
 
 
 def run(cfg: Config, poison_dir: Path, train_dir: Path, recover_dir: Path, out: Path) -> dict:
@@ -40,7 +46,7 @@ def run(cfg: Config, poison_dir: Path, train_dir: Path, recover_dir: Path, out: 
     test_set, _, _ = load_imageset(poison_dir / "test_clean.safetensors")
     trig_set, _, extra = load_imageset(poison_dir / "test_poison.safetensors", "targets")
     model, spec, _ = load_model(train_dir / "model.safetensors", hint=" (run the train stage first: dvc repro train)")
-    masks, layers = load_masks(recover_dir / "masks.safetensors", model)
+    masks, kind, detection = load_masks(recover_dir / "masks.safetensors", model)
     compute = resolve_compute(cfg.device, cfg.precision)
     compute.place(model).eval()
     holdout, test, triggered = info.to_device(holdout_set, compute), info.to_device(test_set, compute), info.to_device(trig_set, compute)
@@ -54,8 +60,7 @@ def run(cfg: Config, poison_dir: Path, train_dir: Path, recover_dir: Path, out: 
 
     # the sweep chooses from clean held-out data only; the oracle looks at test data and is for reporting
     start = time.perf_counter()
-    refit = constant_fitter(model, layers, fit, p, cfg.seed) if p.fill == "fit" else None
-    decision = decide_pruning(layers, masks, p, measure, progress=lambda it: progress(it, "prune"), refit=refit)
+    decision = prune_step(model, masks, kind, cfg, measure, fit, detection, progress=lambda it: progress(it, "prune"))
     seconds = time.perf_counter() - start
     before, chosen, rows = decision.unpruned, decision.chosen, decision.curve
     oracle = oracle_point(rows, p.oracle_max_asr)

@@ -8,12 +8,11 @@ from pathlib import Path
 import torch
 
 from ..config import Config
-from ..defense import MASK_ON, mask_layers, recover, zero_masks_warning
+from ..defense import MASK_ON, mask_layers, recover_step, zero_masks_warning
 from ..errors import RnpError
 from ..io import StageWriter, csv_bytes, json_bytes, tensors_bytes
 from ..models import load_model
 from ..plots import masks_png
-from ..training import seeded_generator
 from ._common import load_imageset, progress, resolve_compute, say, seed_everything
 
 __all__ = ["run"]
@@ -21,7 +20,7 @@ __all__ = ["run"]
 
 def run(cfg: Config, poison_dir: Path, unlearn_dir: Path, out: Path) -> dict:
     defense_set, info, _ = load_imageset(poison_dir / "defense.safetensors")
-    unlearned, spec, _ = load_model(unlearn_dir / "model.safetensors", hint=" (run the unlearn stage first: dvc repro unlearn)")
+    unlearned, spec, meta = load_model(unlearn_dir / "model.safetensors", hint=" (run the unlearn stage first: dvc repro unlearn)")
     if not mask_layers(unlearned, cfg.recover.mask_on):
         raise RnpError(f"recover.mask_on {cfg.recover.mask_on}: {spec.arch} has no such layer to mask (use one of {', '.join(MASK_ON)})")
     compute = resolve_compute(cfg.device, cfg.precision)
@@ -40,7 +39,7 @@ def run(cfg: Config, poison_dir: Path, unlearn_dir: Path, out: Path) -> dict:
         bar.update()
 
     start = time.perf_counter()
-    masks = recover(unlearned, defense, cfg.recover, cfg.augment, seeded_generator(cfg.seed), report, cfg.recover.mask_on)
+    masks, kind = recover_step(unlearned, defense, cfg, report)
     bar.close()
     seconds = time.perf_counter() - start
     flat = torch.cat([m.flatten() for m in masks.values()]).cpu()
@@ -54,12 +53,14 @@ def run(cfg: Config, poison_dir: Path, unlearn_dir: Path, out: Path) -> dict:
         "defense_acc": history[-1]["defense_acc"],
     }
     with StageWriter(out) as w:
-        w.write("masks.safetensors", tensors_bytes(masks, {"model": spec.__dict__, "stage": "recover", "mask_on": cfg.recover.mask_on}))
+        # the unlearned model's detection travels with the masks to the prune stage, which acts on both
+        w.write("masks.safetensors", tensors_bytes(masks, {"model": spec.__dict__, "stage": "recover", "mask_on": kind,
+                                                           "detection": meta.get("detection")}))
         w.write("masks.csv", csv_bytes(rows))
         w.write("masks.png", masks_png(masks))
         w.write("history.csv", csv_bytes(history))
         w.write("metrics.json", json_bytes(metrics))
-    say(f"recover: {metrics['channels']} masks over {metrics['layers']} {cfg.recover.mask_on} layers ({seconds:.1f} s), "
+    say(f"recover: {metrics['channels']} masks over {metrics['layers']} {kind} layers ({seconds:.1f} s), "
         f"{metrics['zero_masks']} at 0, {metrics['masks_below_0_2']} <= 0.2 -> {out}")
     warning = zero_masks_warning(metrics["zero_masks"], metrics["channels"])
     if warning:
