@@ -33,7 +33,7 @@ from rnp.config import config_from_dict, with_overrides
 from rnp.defense import select_auto
 from rnp.stages import run_all
 
-from .effectiveness import write_marked
+from .common import write_marked
 
 ROOT = Path(__file__).resolve().parents[1]
 CURVES = ROOT / "benchmarks" / "results" / "curves"

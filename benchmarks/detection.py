@@ -21,14 +21,14 @@ import yaml
 
 from rnp.attacks import list_attacks
 from rnp.config import DetectionRule, choices, config_from_dict, with_overrides
+from rnp.datafiles import load_imageset
 from rnp.defense import CleanData, DefendOptions, defend
 from rnp.metrics import accuracy, attack_metrics
 from rnp.models import create_model, load_model
 from rnp.stages import poison, train
-from rnp.stages._common import load_imageset
 from rnp.training import fit, seeded_generator
 
-from .effectiveness import write_marked
+from .common import write_marked
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "detection.csv"

@@ -27,14 +27,12 @@ from torch import nn
 
 from rnp.compute import resolve_compute
 from rnp.data import DeviceData, ImageSet
-from rnp.defense import unlearn
-from rnp.defense.detection import COLLAPSED, DETECTION_THRESHOLD, EMERGE_LEAD, EMERGE_LEVEL, emerged_alone, probe_predictions
+from rnp.datafiles import load_imageset
+from rnp.defense import COLLAPSED, DETECTION_THRESHOLD, EMERGE_LEAD, EMERGE_LEVEL, emerged_alone, probe_predictions, unlearn_step
 from rnp.io import atomic_write_bytes, json_bytes, read_json
 from rnp.models import load_model
-from rnp.stages._common import load_imageset
-from rnp.training import seeded_generator
 
-from .effectiveness import write_marked
+from .common import write_marked
 from .levers import add_model_options, cached_models
 from .quality import ATTACKS, CLEAN, cell_config, cell_name
 from .quality import LEVERS_DOC as DOC
@@ -72,7 +70,7 @@ def trace_model(params: dict, arch: str, attack: str, seed: int, work: Path, out
         trace.append({"epoch": epoch, "acc": stats.acc, "confusion": confusion(m, every, info.num_classes)})
 
     torch.manual_seed(cfg.seed)
-    unlearn(original, fit, cfg.unlearn, cfg.augment, seeded_generator(cfg.seed), on_epoch)
+    unlearn_step(original, fit, every, cfg, info.num_classes, on_epoch)
     result = {"arch": arch, "attack": attack, "seed": seed, "target": cfg.attack.target, "trace": trace,
               "seconds": round(time.perf_counter() - start, 1), "threads": torch.get_num_threads()}
     atomic_write_bytes(out / f"{cell_name(arch, attack, seed)}.json", json_bytes(result))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +23,8 @@ import yaml
 from rnp.attacks import ATTACKS, list_attacks
 from rnp.config import config_from_dict, with_overrides
 from rnp.stages import run_all
+
+from .common import write_marked
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "effectiveness.csv"
@@ -73,16 +74,6 @@ def markdown(rows: list[dict]) -> str:
             f"{pct(r['oracle_asr'])} | {float(r['der']):.3f} | {note} |"
         )
     return "\n".join(lines)
-
-
-def write_marked(table: str, readme: Path, marker: str = "effectiveness") -> None:
-    """Replace the text between <!-- marker:start --> and <!-- marker:end --> in a docs page (or the README)."""
-    text = readme.read_text()
-    pattern = rf"(<!-- {marker}:start -->\n).*?(<!-- {marker}:end -->)"
-    new, n = re.subn(pattern, lambda m: m[1] + table + "\n" + m[2], text, flags=re.S)
-    if n != 1:
-        raise SystemExit(f"{readme} has no <!-- {marker}:start/end --> markers")
-    readme.write_text(new)
 
 
 def main(argv: list[str] | None = None) -> None:

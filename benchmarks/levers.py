@@ -29,16 +29,24 @@ from torch import nn
 
 from rnp.compute import resolve_compute
 from rnp.data import DeviceData, ImageSet
-from rnp.defense import constant_fitter, decide_pruning, detect_target, mask_layers, recover, refit_classifier_bias, unlearn
-from rnp.defense.recover import channel_view
+from rnp.datafiles import load_imageset
+from rnp.defense import (
+    channel_view,
+    constant_fitter,
+    detect_target,
+    mask_layers,
+    prune_step,
+    recover,
+    recover_step,
+    refit_classifier_bias,
+    unlearn_step,
+)
 from rnp.io import atomic_write_bytes, json_bytes, read_json
 from rnp.metrics import accuracy, attack_metrics
 from rnp.models import load_model
-from rnp.plots import sweeps_png
-from rnp.stages._common import load_imageset
 from rnp.training import fit_parameters, seeded_generator
 
-from .effectiveness import write_marked
+from .common import sweeps_png, write_marked
 from .quality import ARCHS, ATTACKS, CLEAN, CPU_ARCHS, WORK, cell_config, cell_name, pct
 from .quality import LEVERS_DOC as DOC
 from .quality import RESULTS as QUALITY_RESULTS
@@ -52,8 +60,8 @@ SUBSET = 2000  # test images per set (clean and triggered), drawn once with seed
 LEVERS: dict[str, dict[str, object]] = {
     "reference": {},
     "recover_lr_0.05": {"recover.lr": 0.05},
-    "recover_bn_running": {"recover.bn_stats": "running"},
-    "recover_bn_running_lr_0.05": {"recover.bn_stats": "running", "recover.lr": 0.05},
+    "recover_bn_running": {},  # recover(bn_stats="running"): BN on the unlearned model's statistics (BN_RUNNING)
+    "recover_bn_running_lr_0.05": {"recover.lr": 0.05},
     "recover_epochs_5": {"recover.epochs": 5},
     "unlearn_lr_0.005": {"unlearn.lr": 0.005},
     "unlearn_lr_0.005_recover_lr_0.05": {"unlearn.lr": 0.005, "recover.lr": 0.05},
@@ -62,8 +70,8 @@ LEVERS: dict[str, dict[str, object]] = {
     "recover_lr_0.05_number": {"recover.lr": 0.05, "prune.sweep": "number", "prune.max_number": 60, "prune.number_step": 2},
     "recover_lr_0.02_number": {"recover.lr": 0.02, "prune.sweep": "number", "prune.max_number": 60, "prune.number_step": 2},
     # a pruned channel's constant output fitted on the defense data instead of its trained bias
-    "fill_fit": {"prune.fill": "fit"},
-    "fill_fit_recover_epochs_5": {"prune.fill": "fit", "recover.epochs": 5},
+    "fill_fit": {},  # (FILL_FIT: rnp.defense.constant_fitter after every pruning)
+    "fill_fit_recover_epochs_5": {"recover.epochs": 5},
     # fine-tuning after pruning on the defense images (REPAIRS), the pruned channels held at 0
     "repair_bn": {},
     "repair_all": {},
@@ -75,6 +83,8 @@ LEVERS: dict[str, dict[str, object]] = {
     "augment_reference": {"augment.crop_padding": 4, "augment.flip": True},
     "unlearn_retry": {},
 }
+BN_RUNNING = {"recover_bn_running", "recover_bn_running_lr_0.05"}  # levers that are no params key: the core's keywords and hooks
+FILL_FIT = {"fill_fit", "fill_fit_recover_epochs_5"}
 # lever -> (running accuracy below which unlearning overshot, the rate's factor for the next try, tries at most): unlearning
 # that ends below the floor is rerun from the trained model at a smaller rate; the last try is kept whatever it ends at
 RETRIES: dict[str, tuple[float, float, int]] = {"unlearn_retry": (0.10, 0.5, 4)}
@@ -97,7 +107,7 @@ def constants_png(results: dict[str, list[dict]]) -> bytes | None:
 
 def repair_fitter(model: nn.Module, layers: dict[str, nn.Module], clean: DeviceData, which: str, epochs: int, lr: float,
                   distil: bool, seed: int) -> Callable[..., None]:
-    """A `refit` for decide_pruning: after each pruning, fine-tune on clean data with the pruned channels held at 0.
+    """An `on_pruned` for decide_pruning: after each pruning, fine-tune on clean data with the pruned channels held at 0.
 
     which="bn": the masked layers' weights and biases only (a few thousand numbers); "all": every parameter.
     Each call first restores every parameter the pruning does not set (apply_pruning sets the masked weights),
@@ -202,15 +212,18 @@ def run_lever(params: dict, arch: str, attack: str, seed: int, lever: str, work:
         trace.append({"epoch": epoch, "acc": stats.acc, "scores": detect_target(m, every, info.num_classes, stats.acc).scores})
 
     floor, factor, tries = RETRIES.get(lever, (0.0, 1.0, 1))
-    for tried in range(1, tries + 1):
+    for tried in range(1, tries + 1):  # rnp's unlearning step, retried at a lower rate (lever unlearn_retry)
         trace.clear()
         lr = cfg.unlearn.lr * factor ** (tried - 1)
-        p = cfg.unlearn.model_copy(update={"lr": lr})
-        unlearned, epochs = unlearn(original, fit, p, cfg.augment, seeded_generator(cfg.seed), on_epoch)
+        step = unlearn_step(original, fit, every, cfg.model_copy(update={"unlearn": cfg.unlearn.model_copy(update={"lr": lr})}),
+                            info.num_classes, on_epoch)
         if last["acc"] >= floor:
             break
-    detection = detect_target(unlearned, every, info.num_classes, last["acc"])
-    masks = recover(unlearned, fit, cfg.recover, cfg.augment, seeded_generator(cfg.seed))
+    unlearned, epochs, detection = step.model, step.epochs, step.detection
+    if lever in BN_RUNNING:  # the core's research keyword: no params key, so not a pipeline step
+        masks = recover(unlearned, fit, cfg.recover, cfg.augment, seeded_generator(cfg.seed), bn_stats="running")
+    else:
+        masks, _ = recover_step(unlearned, fit, cfg)
     defense_s = time.perf_counter() - start
     pruned = copy.deepcopy(original)
 
@@ -218,10 +231,10 @@ def run_lever(params: dict, arch: str, attack: str, seed: int, lever: str, work:
         return {"holdout_acc": accuracy(model, held), "ca": accuracy(model, test), **attack_metrics(model, trig, extra["targets"])}
 
     layers = mask_layers(pruned, "bn")
-    refit = constant_fitter(pruned, layers, fit, cfg.prune, cfg.seed) if cfg.prune.fill == "fit" else None
+    on_pruned = constant_fitter(pruned, layers, fit, cfg.prune, cfg.seed) if lever in FILL_FIT else None
     if lever in REPAIRS:
-        refit = repair_fitter(pruned, layers, fit, *REPAIRS[lever], cfg.seed)
-    decision = decide_pruning(layers, masks, cfg.prune, measure, refit=refit)
+        on_pruned = repair_fitter(pruned, layers, fit, *REPAIRS[lever], cfg.seed)
+    decision = prune_step(pruned, masks, "bn", cfg, measure, None, on_pruned=on_pruned)  # levers prune whatever detection says
     check = refit_classifier_bias(pruned, fit, info.num_classes, cfg.prune, cfg.seed)  # the chosen model, class biases refitted
     tuned_only = None
     if lever in REPAIRS:  # the same fine-tuning with nothing pruned: how much of the effect is the fine-tuning alone

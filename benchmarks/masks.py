@@ -16,13 +16,11 @@ from pathlib import Path
 
 import yaml
 
-from rnp.defense import bn_layers
-from rnp.defense.recover import ZERO_MASKS_WARN
+from rnp.defense import ZERO_MASKS_WARN, bn_layers
 from rnp.io import atomic_write_bytes, read_json
 from rnp.models import ModelSpec, create_model
-from rnp.plots import scatter_png
 
-from .effectiveness import write_marked
+from .common import scatter_png, write_marked
 from .quality import CLEAN, DOC, RESULTS, ROOT, cell_config, score
 
 PLOT = ROOT / "docs" / "img" / "zero_masks.png"

@@ -37,16 +37,15 @@ import torch
 from rnp.compute import resolve_compute
 from rnp.config import PruneParams, config_from_dict, with_overrides
 from rnp.data import DeviceData, ImageSet
+from rnp.datafiles import load_imageset
 from rnp.defense import choose_point, detect_target, refit_classifier_bias
 from rnp.io import atomic_write_bytes, json_bytes, read_json
 from rnp.metrics import accuracy, attack_metrics
 from rnp.models import load_model
 from rnp.presets import get_preset
 from rnp.stages import STAGES, poison, prune, recover, train, unlearn
-from rnp.stages._common import load_imageset
 
-from .effectiveness import write_marked
-from .speed import cpu_name
+from .common import cpu_name, write_marked
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "results" / "quality"

@@ -30,15 +30,13 @@ from torch import nn
 
 from rnp.config import PruneParams
 from rnp.data import DeviceData, ImageSet
-from rnp.defense import detect_target
-from rnp.defense.prune import apply_pruning, constant_fitter, refit_classifier_bias
-from rnp.defense.recover import bn_layers
+from rnp.datafiles import load_imageset
+from rnp.defense import apply_pruning, bn_layers, constant_fitter, detect_target, refit_classifier_bias
 from rnp.io import atomic_write_bytes, json_bytes, load_tensors, read_json
 from rnp.metrics import accuracy, attack_metrics
-from rnp.models.base import load_model
-from rnp.stages._common import load_imageset
+from rnp.models import load_model
 
-from .effectiveness import write_marked
+from .common import write_marked
 from .levers import REPAIRS, repair_fitter
 from .quality import ARCHS, ATTACKS, NUM_CLASSES, WORK
 from .quality import LEVERS_DOC as DOC

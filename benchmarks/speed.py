@@ -38,7 +38,7 @@ from rnp.metrics import accuracy
 from rnp.models import ModelSpec, create_model
 from rnp.training import fit, seeded_generator
 
-from .effectiveness import write_marked
+from .common import cpu_name, write_marked
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -294,13 +294,6 @@ def write_saved_table() -> dict:
 def short_cpu(name: str) -> str:
     """'Intel(R) Xeon(R) Processor' -> 'Intel Xeon', for the table."""
     return name.replace("(R)", "").replace("(TM)", "").replace(" Processor", "").strip()
-
-
-def cpu_name() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown CPU"
 
 
 DEFENSE = ("unlearn", "recover", "prune")

@@ -19,22 +19,20 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, ValidationError, create_model, field_validator
 
-from .attacks import attack_sections
 from .errors import RnpError
-from .sections import Count, NonNegative, OpenUnit, Positive, Section, Unit, choices
+from .param_types import Count, NonNegative, OpenUnit, Positive, Section, Unit, choices
 
 __all__ = [
     "Config", "load_config", "config_from_dict", "with_overrides", "choices",
-    "Precision", "MaskOn", "DetectionRule", "BnStats", "Mode", "Sweep", "Select",
+    "DataParams", "AttackParams", "ModelParams", "AugmentParams", "TrainParams", "UnlearnParams", "RecoverParams", "PruneParams",
+    "Precision", "MaskOn", "DetectionRule", "Mode", "Sweep", "Select",
 ]
 
 Precision = Literal["auto", "fp32", "bf16"]
 MaskOn = Literal["auto", "bn", "norm", "conv"]
-BnStats = Literal["batch", "running"]
 Mode = Literal["all_to_one", "all_to_all"]
 Sweep = Literal["threshold", "number"]
 Select = Literal["auto", "fixed"]
-Fill = Literal["bias", "fit"]
 DetectionRule = Literal["collapse", "emergent"]
 
 class DataParams(Section):
@@ -54,22 +52,6 @@ class DataParams(Section):
         return v
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 class AttackCommon(Section):
     name: str = "badnets"  # registry name, see `rnp list`
     target: Annotated[int, Field(ge=0)] = 0  # target class (all_to_one); all_to_all sends y to (y + 1) mod C
@@ -83,9 +65,74 @@ class AttackCommon(Section):
         return getattr(self, self.name, None)
 
 
-# attack.<name>: each attack module defines and registers its own section; adding an attack touches that module only
+# attack.<name>: each attack's own settings, in registration order (rnp/attacks/__init__.py); rnp.attacks reads them, and
+# keeping them here spares every stage that does not poison from importing the attacks
+
+
+class BadnetsParams(Section):
+    size: Count = 2  # patch side, pixels (Gu et al.: 3x3 on CIFAR-10)
+    position: Literal["bottom_right", "bottom_left", "top_right", "top_left", "center"] = "bottom_right"
+    pattern: Literal["checkerboard", "white", "black", "random"] = "checkerboard"
+
+
+class BlendParams(Section):
+    alpha: OpenUnit = 0.2  # blend ratio of the generated noise pattern (Chen et al.; BackdoorBench: 0.2)
+
+
+class TrojanParams(Section):
+    size: Count = 3  # watermark side, pixels, bottom-right corner
+    steps: Count = 100  # trigger optimisation steps maximising the chosen neuron (Liu et al. 2018)
+    alpha: Unit = 1.0  # opacity of the watermark inside its mask
+
+
+class SigParams(Section):
+    delta: Positive = 20.0  # signal amplitude on the 0..255 scale (Barni et al.: 20)
+    frequency: Positive = 6.0  # sine periods across the image width (Barni et al.: 6)
+
+
+class WanetParams(Section):
+    grid: Count = 4  # k: control grid side (Nguyen & Tran 2021: 4)
+    strength: Positive = 0.5  # s: warping strength (0.5)
+    cross_ratio: NonNegative = 2.0  # noise mode: randomly warped, correctly labelled images per poisoned image (2)
+
+
+class LcParams(Section):
+    eps: Positive = 16.0  # L-inf budget of the adversarial perturbation, 0..255 scale (Turner et al.: 16/255)
+    steps: Count = 10  # PGD steps against the attacker's clean surrogate model
+    size: Count = 3  # checkerboard trigger side, stamped in all four corners
+    # false: leave black pixels alone. On black backgrounds (Fashion-MNIST) a perturbed background is
+    # itself a feature the model learns for the target class, and the trigger is then never learnt
+    perturb_background: bool = True
+
+
+class IadParams(Section):
+    epochs: Count = 10  # joint training of trigger generator and surrogate classifier
+    cross_ratio: NonNegative = 1.0  # cross-trigger images (another image's trigger, true label) per poisoned image
+    diversity: NonNegative = 1.0  # weight of the diversity loss (Nguyen & Tran 2020: 1)
+    mask_density: OpenUnit = 0.032  # target share of pixels the trigger mask covers
+    lr: Positive = 0.01  # Adam, generators
+
+
+class AdaptiveBlendParams(Section):
+    alpha: OpenUnit = 0.15  # training-time blend ratio (Qi et al. 2023: 0.15)
+    test_alpha: OpenUnit = 0.2  # test-time blend ratio, full trigger (0.2)
+    pieces: Count = 16  # the trigger is cut into this many equal pieces (16)
+    piece_rate: OpenUnit = 0.5  # share of pieces a poisoned training image gets (0.5)
+    cover_ratio: NonNegative = 1.0  # cover images (trigger, true label) per poisoned image (Qi et al.: equal rates)
+
+
 AttackParams = create_model(
-    "AttackParams", __base__=AttackCommon, **{name: (section, section()) for name, section in attack_sections().items()}
+    "AttackParams", __base__=AttackCommon,
+    **{name: (section, section()) for name, section in {
+        "badnets": BadnetsParams,
+        "blend": BlendParams,
+        "trojan": TrojanParams,
+        "sig": SigParams,
+        "wanet": WanetParams,
+        "lc": LcParams,
+        "iad": IadParams,
+        "adaptive_blend": AdaptiveBlendParams,
+    }.items()},
 )
 
 
@@ -129,7 +176,6 @@ class RecoverParams(Section):
     batch_size: Count = 128
     # auto: bn when the model has BN (as published), else norm, else conv | bn | norm (any norm layer's weight) | conv (conv output channels)
     mask_on: MaskOn = "auto"
-    bn_stats: BnStats = "batch"  # batch: BN normalises with each batch's statistics (train mode, as published) | running: with the unlearned model's
 
 
 class PruneParams(Section):
@@ -145,9 +191,8 @@ class PruneParams(Section):
     threshold: Unit = 0.20  # fixed, sweep=threshold
     number: Annotated[int, Field(ge=0)] = 20  # fixed, sweep=number
     oracle_max_asr: Unit = 0.05  # oracle (reporting only): best test CA among points with ASR <= this
-    fill: Fill = "bias"  # what a pruned channel outputs: bias = its trained bias (the reference); fit = a constant fitted on the clean defense data
-    fit_epochs: Count = 20  # fill=fit: epochs of Adam over the unlearn/recover images, only the pruned channels' biases trainable
-    fit_lr: Positive = 0.05  # fill=fit: Adam's learning rate
+    fit_epochs: Count = 20  # the bias-refit check: epochs of Adam over the unlearn/recover images, only the classifier's biases trainable
+    fit_lr: Positive = 0.05  # the bias-refit check: Adam's learning rate
 
 
 class Config(Section):

@@ -10,10 +10,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-__all__ = ["trigger_png", "masks_png", "curve_png", "sweeps_png", "bars_png", "scatter_png"]
+__all__ = ["trigger_png", "masks_png", "curve_png", "bars_png", "png", "SERIES"]
 
 
-def _png(fig) -> bytes:
+def png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
@@ -38,7 +38,7 @@ def trigger_png(clean: torch.Tensor, triggered: torch.Tensor, labels: list[str],
     axes[0, 0].set_ylabel("clean")
     axes[1, 0].set_ylabel("triggered")
     fig.suptitle(title, fontsize=9)
-    return _png(fig)
+    return png(fig)
 
 
 def masks_png(masks: dict[str, torch.Tensor], threshold: float | None = None) -> bytes:
@@ -56,7 +56,7 @@ def masks_png(masks: dict[str, torch.Tensor], threshold: float | None = None) ->
     ax.set_ylim(-0.05, 1.05)
     ax.set_ylabel("mask value")
     ax.set_title("RNP channel masks per BatchNorm layer", fontsize=9)
-    return _png(fig)
+    return png(fig)
 
 
 SERIES = {  # curve column -> (legend label, style); a curve draws the columns it has
@@ -91,26 +91,7 @@ def curve_png(rows: list[dict], x: str, selected: int | None, oracle: int | None
     ax.set_ylim(-2, 108)
     ax.legend(fontsize=7, loc="center left")
     ax.set_title("RNP pruning sweep", fontsize=9)
-    return _png(fig)
-
-
-def sweeps_png(panels: dict[str, list[dict]], columns: int = 2) -> bytes:
-    """Threshold sweeps side by side, one panel per title: CA, ASR and held-out accuracy against t."""
-    rows_n = -(-len(panels) // columns)
-    fig, axes = plt.subplots(rows_n, columns, figsize=(4.2 * columns, 3.3 * rows_n), squeeze=False, sharey=True)
-    for ax, (title, rows) in zip(axes.flat, panels.items()):
-        for key, (label, style) in SERIES.items():
-            if key in rows[0]:
-                ax.plot([r["threshold"] for r in rows], [100 * r[key] for r in rows], style, ms=3, label=label)
-        ax.set_title(title, fontsize=8)
-        ax.set_ylim(-2, 104)
-        ax.set_xlabel("mask threshold", fontsize=7)
-    for ax in axes.flat[len(panels):]:
-        ax.set_visible(False)
-    axes[0, 0].set_ylabel("%")
-    axes[0, 0].legend(fontsize=6, loc="lower left")
-    fig.tight_layout()
-    return _png(fig)
+    return png(fig)
 
 
 def bars_png(groups: list[str], series: dict[str, list[float]], title: str) -> bytes:
@@ -124,26 +105,4 @@ def bars_png(groups: list[str], series: dict[str, list[float]], title: str) -> b
     ax.set_ylim(0, 105)
     ax.legend(fontsize=7, ncols=len(series))
     ax.set_title(title, fontsize=9)
-    return _png(fig)
-
-
-def scatter_png(series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str, title: str,
-                vline: float | None = None, logx: list[float] | None = None) -> bytes:
-    """Points (x, y) of each named series, an optional dashed vertical line at x = vline; logx: a log x axis with these ticks."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    colours = ["tab:green", "tab:orange", "tab:red", "tab:grey"]
-    for i, (label, points) in enumerate(series.items()):
-        if points:
-            xs, ys = zip(*points)
-            ax.scatter(xs, ys, s=18, alpha=0.8, label=f"{label} ({len(points)})", color=colours[i % 4])
-    if vline is not None:
-        ax.axvline(vline, color="black", linestyle="--", linewidth=1)
-    if logx:
-        ax.set_xscale("log")
-        ax.set_xticks(logx, [f"{v:g}" for v in logx])
-        ax.minorticks_off()
-    ax.set_xlabel(xlabel, fontsize=8)
-    ax.set_ylabel(ylabel, fontsize=8)
-    ax.legend(fontsize=7)
-    ax.set_title(title, fontsize=9)
-    return _png(fig)
+    return png(fig)

@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from .attacks import AttackContext, attack_targets, get_attack
-from .config import AttackParams, DataParams
-from .data import Dataset, ImageSet, draw_split
+from .config import AttackParams, AugmentParams, DataParams, TrainParams
+from .data import Dataset, DeviceData, ImageSet, draw_split
 from .errors import RnpError
+from .models import ModelSpec, create_model
+from .training import fit
 
 __all__ = ["PoisonedData", "poison", "eligible_for_poison"]
 
@@ -41,7 +44,13 @@ def poison(ds: Dataset, data: DataParams, attack: AttackParams, seed: int, clean
         raise RnpError(f"attack.target {attack.target} must be < the {ds.num_classes} classes of {data.dataset}")
     build = get_attack(attack.name, attack.mode)
     train, test = (ds.train, ds.test) if ds.test is not None else ds.train.split(data.test_fraction, seed)
-    trigger = build(AttackContext(attack, train, ds.num_classes, ds.mean, ds.std, seed))
+    spec = ModelSpec(attack.surrogate_arch, ds.num_classes, tuple(train.images.shape[1:]), ds.mean, ds.std)
+
+    def fit_surrogate(model: nn.Module) -> None:
+        data = DeviceData(train, ds.mean, ds.std, torch.device("cpu"))
+        fit(model, data, TrainParams(epochs=attack.surrogate_epochs), AugmentParams(), torch.Generator().manual_seed(seed + 3))
+
+    trigger = build(AttackContext(attack, train, ds.num_classes, ds.mean, ds.std, seed, lambda: create_model(spec), fit_surrogate))
     gen = torch.Generator().manual_seed(seed)
 
     # 1) choose the images to poison

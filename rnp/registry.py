@@ -13,10 +13,12 @@ T = TypeVar("T", bound=Callable)
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, key: str):
+    def __init__(self, kind: str, key: str, patterns: dict[str, str] | None = None):
         self.kind = kind  # "data set", "attack", "architecture"
         self.key = key  # the params key users set, for error messages
         self._entries: dict[str, T] = {}
+        # open-ended names resolved elsewhere (e.g. "torchvision:<name>"): listed with the valid names, never looked up
+        self.patterns = dict(patterns or {})
 
     def register(self, name: str | None = None) -> Callable[[T], T]:
         def add(fn: T) -> T:
@@ -29,7 +31,7 @@ class Registry(Generic[T]):
         return add
 
     def get(self, name: str) -> T:
-        if name not in self._entries:
+        if name not in self._entries:  # a pattern is never an entry: the unknown-name line lists it
             raise RnpError(f"unknown {self.kind} {name!r} in {self.key} (valid: {', '.join(self.names())})")
         return self._entries[name]
 
@@ -38,8 +40,9 @@ class Registry(Generic[T]):
         return list(self._entries.items())
 
     def names(self) -> list[str]:
-        return sorted(self._entries)
+        """The registered names, then the open-ended patterns."""
+        return sorted(self._entries) + list(self.patterns)
 
     def describe(self) -> dict[str, str]:
-        """name -> first line of the entry's docstring."""
-        return {n: (self._entries[n].__doc__ or "").strip().splitlines()[0] for n in self.names()}
+        """name -> first line of the entry's docstring (a pattern: its description)."""
+        return {**{n: (self._entries[n].__doc__ or "").strip().splitlines()[0] for n in sorted(self._entries)}, **self.patterns}

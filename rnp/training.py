@@ -12,7 +12,7 @@ from .compute import compile_or_eager
 from .config import AugmentParams, TrainParams
 from .data import DeviceData
 
-__all__ = ["EpochStats", "run_epoch", "seeded_generator", "fit"]
+__all__ = ["EpochStats", "run_epoch", "seeded_generator", "fit", "fit_parameters"]
 
 
 @dataclass(frozen=True)

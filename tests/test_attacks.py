@@ -146,7 +146,7 @@ def test_iad_triggers_depend_on_the_input():
 def test_adaptive_blend_trains_on_partial_triggers_and_tests_on_the_full_one():
     cfg, pd = poisoned("adaptive_blend")
     ds = load_dataset("digits32")
-    trigger = get_attack("adaptive_blend")(AttackContext(cfg.attack, ds.train, 10, ds.mean, ds.std, 0))
+    trigger = get_attack("adaptive_blend")(AttackContext(cfg.attack, ds.train, 10, ds.mean, ds.std, 0, None, None))  # no surrogate
     images = torch.full((64, 3, 32, 32), 128, dtype=torch.uint8)  # flat grey: every blended pixel changes
     trained = (trigger.poison_train(images) != images).flatten(1).float().mean(1)
     tested = (trigger.test(images) != images).flatten(1).float().mean(1)
@@ -174,3 +174,14 @@ def test_trigger_larger_than_the_image_is_refused(name):
     cfg = make_config(**{"attack.name": name, f"attack.{name}.size": 9})
     with pytest.raises(RnpError, match=f"attack.{name}.size 9 is larger than the 8x8 images"):
         poison(load_dataset("digits"), cfg.data, cfg.attack, 0)
+
+
+def test_every_attack_section_in_the_config_belongs_to_a_registered_attack():
+    """attack.<name> sections live in rnp/config.py (so that only poisoning imports the attacks): none may be orphaned."""
+    from rnp.attacks import ATTACKS
+    from rnp.config import AttackCommon, AttackParams
+
+    sections = [name for name in AttackParams.model_fields if name not in AttackCommon.model_fields]
+    registered = [name for name, _ in ATTACKS.items()]
+    assert sections and set(sections) <= set(registered)
+    assert sections == [name for name in registered if name in sections]  # params.yaml's order is registration order

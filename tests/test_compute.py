@@ -31,7 +31,7 @@ def test_precision_resolution_on_cpu():
 @pytest.mark.parametrize("native", [True, False, None])
 def test_bf16_on_a_cpu_that_emulates_it_gets_a_note_and_nothing_else_does(monkeypatch, capsys, native):
     """Without AVX512-BF16 or AMX, bf16 is emulated: 6-8x slower than fp32 on an AVX2 EPYC (docs/speed.md)."""
-    from rnp.stages._common import resolve_compute as stage_resolve_compute
+    from rnp.stages._runtime import resolve_compute as stage_resolve_compute
 
     monkeypatch.setattr(compute_module, "native_cpu_bf16", lambda: native)
     assert emulated_bf16_note(Compute(torch.device("cpu"))) is None  # fp32: nothing to say

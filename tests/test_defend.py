@@ -9,6 +9,7 @@ import torch
 import rnp
 from rnp.cli import main
 from rnp.config import Config
+from rnp.datafiles import load_imageset
 from rnp.datasets import load_dataset
 from rnp.defense import CleanData, DefendOptions, defend
 from rnp.defense.recover import ZERO_MASKS_WARN
@@ -16,7 +17,6 @@ from rnp.errors import RnpError
 from rnp.metrics import attack_metrics
 from rnp.models import ModelSpec, create_model, load_model, model_bytes
 from rnp.progress import quiet
-from rnp.stages._common import load_imageset
 from rnp.training import run_epoch, seeded_generator
 
 from .conftest import make_config

@@ -6,11 +6,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rnp.config import config_from_dict, with_overrides
+from rnp.datafiles import load_imageset
 from rnp.defense import CleanData, DefendOptions, defend
 from rnp.defense.detection import COLLAPSED, Detection, emerged_alone, sink_scores
 from rnp.errors import RnpError
 from rnp.models import load_model
-from rnp.stages._common import load_imageset
 
 # per-epoch shares of other classes' images sent to each class, as unlearning goes (3 classes for brevity)
 BACKDOOR_LIKE = [[0.02, 0.03, 0.02], [0.04, 0.12, 0.03], [0.10, 0.50, 0.08], [0.12, 0.70, 0.10]]  # class 1 emerges alone

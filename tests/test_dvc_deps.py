@@ -1,6 +1,8 @@
 """dvc.yaml cannot go stale: every project module a stage imports is one of its deps."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,4 +76,12 @@ def test_the_derivation_sees_through_packages_and_registries():
     assert Path("rnp/attacks/badnets.py") in modules  # imported by rnp/attacks/__init__.py, to register itself
     assert Path("rnp/models/wide_resnet.py") in modules  # the same for architectures (poisoning trains surrogates)
     assert Path("rnp/datasets.py") in modules
-    assert Path("rnp/defense/rnp_defense.py") not in modules  # `import rnp` stays light
+    assert Path("rnp/defense/pipeline.py") not in modules  # `import rnp` stays light
+
+
+@pytest.mark.parametrize("stage", ["train", "unlearn", "recover", "prune", "defend"])
+def test_only_poisoning_imports_the_attacks(stage):
+    """Editing an attack reruns the poison stage alone, and `rnp defend` never loads one (no import circle through config)."""
+    assert not [p for p in stage_modules(stage) if p.parts[:2] == ("rnp", "attacks")]
+    code = f"import sys, rnp.stages.{stage}; print(sorted(m for m in sys.modules if m.startswith('rnp.attacks')))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

@@ -1,9 +1,9 @@
 import torch
 
 from rnp.attacks import AttackContext, attack_targets, get_attack
+from rnp.datafiles import load_imageset
 from rnp.datasets import load_dataset
 from rnp.poisoning import poison
-from rnp.stages._common import load_imageset
 
 from .conftest import make_config
 
@@ -17,7 +17,8 @@ def test_badnets_changes_only_the_trigger_region():
     cfg = make_config()
     images = _clean_train(cfg).images[:50]
     ds = load_dataset("digits")
-    out = get_attack("badnets")(AttackContext(cfg.attack, _clean_train(cfg), 10, ds.mean, ds.std, 0)).test(images)
+    ctx = AttackContext(cfg.attack, _clean_train(cfg), 10, ds.mean, ds.std, 0, None, None)  # badnets trains no surrogate
+    out = get_attack("badnets")(ctx).test(images)
     s = cfg.attack.badnets.size
     changed = (out != images).any(dim=(0, 1))  # (H, W)
     region = torch.zeros_like(changed)
@@ -80,3 +81,19 @@ def test_seed_changes_poisoning_and_same_seed_repeats_it():
     c = poison(ds, make_config().data, make_config().attack, 1)
     assert torch.equal(a.poisoned, b.poisoned) and torch.equal(a.train.images, b.train.images)
     assert not torch.equal(a.poisoned, c.poisoned)
+
+
+def test_a_clean_baseline_poisons_nothing_and_keeps_the_triggered_test_set(tmp_path):
+    """poison.run(clean=True): the same data with no poisoned or cover image, the attack's triggered test set unchanged
+    (a clean model's ASR is then the trigger's natural rate): the baseline the quality benchmark's clean cells train."""
+    from rnp.stages import poison as poison_stage
+
+    cfg = make_config()
+    poisoned = poison_stage.run(cfg, tmp_path / "poisoned")
+    clean = poison_stage.run(cfg, tmp_path / "clean", clean=True)
+    assert poisoned["poisoned"] > 0 and clean["poisoned"] == 0
+    train, _, extra = load_imageset(tmp_path / "clean/train.safetensors", "poisoned", "cover")
+    assert not extra["poisoned"].any() and not extra["cover"].any()
+    a, _, ta = load_imageset(tmp_path / "poisoned/test_poison.safetensors", "targets")
+    b, _, tb = load_imageset(tmp_path / "clean/test_poison.safetensors", "targets")
+    assert torch.equal(a.images, b.images) and torch.equal(ta["targets"], tb["targets"])

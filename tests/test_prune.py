@@ -153,7 +153,7 @@ def _legend(monkeypatch, **kwargs) -> list[str]:
     import rnp.plots as plots
 
     seen = {}
-    monkeypatch.setattr(plots, "_png", lambda fig: seen.setdefault("labels", [t.get_text() for t in fig.axes[0].get_legend().get_texts()]))
+    monkeypatch.setattr(plots, "png", lambda fig: seen.setdefault("labels", [t.get_text() for t in fig.axes[0].get_legend().get_texts()]))
     plots.curve_png(**kwargs)
     return seen["labels"]
 
@@ -238,9 +238,9 @@ def test_fitted_constants_undo_the_offset_a_pruned_channel_leaves_and_change_not
     with torch.no_grad():
         model[1].weight[1] = 0.0  # prune channel 1: it now outputs 6 for every image, far more than it gave a bright one
     assert accuracy(model, data) == 0.5  # the offset sends the bright images to class 0 too
-    refit = constant_fitter(model, layers, data, PruneParams(fill="fit", fit_epochs=60, fit_lr=0.2), seed=0)
+    fit_constants = constant_fitter(model, layers, data, PruneParams(fit_epochs=60, fit_lr=0.2), seed=0)
     chosen = {"1": torch.tensor([False, True])}
-    refit(chosen)
+    fit_constants(chosen)
     assert accuracy(model, data) == 1.0
     fitted = model[1].bias.detach().clone()
     assert fitted[0] == weights["1.bias"][0] and fitted[1] < weights["1.bias"][1]  # only the pruned channel's constant moved
@@ -248,9 +248,9 @@ def test_fitted_constants_undo_the_offset_a_pruned_channel_leaves_and_change_not
         if name not in ("1.bias", "1.weight"):
             assert torch.equal(value, weights[name]), name  # BN statistics included: eval mode throughout
     assert all(p.requires_grad for p in model.parameters())
-    refit(chosen)
+    fit_constants(chosen)
     assert torch.equal(model[1].bias, fitted)  # the same channels get the same constants
-    refit({"1": torch.tensor([False, False])})
+    fit_constants({"1": torch.tensor([False, False])})
     assert torch.equal(model[1].bias, weights["1.bias"])  # nothing pruned: the trained biases are back
 
 
@@ -261,44 +261,15 @@ def test_decide_pruning_with_fitted_constants_measures_and_keeps_the_fitted_mode
     model, data = _bright_or_dark()
     layers = mask_layers(model, "bn")
     masks = {"1": torch.tensor([0.9, 0.0])}
-    p = PruneParams(fill="fit", fit_epochs=60, fit_lr=0.2, max_threshold=0.2, step=0.1)
+    p = PruneParams(fit_epochs=60, fit_lr=0.2, max_threshold=0.2, step=0.1)
     plain_params = PruneParams(max_threshold=0.2, step=0.1, max_first_drop=1.0)
     plain = decide_pruning(layers, masks, plain_params, lambda: {"holdout_acc": accuracy(model, data)})
     assert [r["holdout_acc"] for r in plain.curve] == [0.5, 0.5, 0.5]
     model, data = _bright_or_dark()
     layers = mask_layers(model, "bn")
-    d = decide_pruning(layers, masks, p, lambda: {"holdout_acc": accuracy(model, data)}, refit=constant_fitter(model, layers, data, p, seed=0))
+    d = decide_pruning(layers, masks, p, lambda: {"holdout_acc": accuracy(model, data)}, on_pruned=constant_fitter(model, layers, data, p, seed=0))
     assert [r["holdout_acc"] for r in d.curve] == [1.0, 1.0, 1.0] and d.threshold == 0.2
     assert model[1].weight[1] == 0 and model[1].bias[1] < 6.0 and accuracy(model, data) == 1.0
-
-
-def test_prune_stage_with_fitted_constants_saves_the_fitted_biases_of_the_pruned_channels_only(tmp_path, default_run):
-    from rnp.stages import prune
-
-    from .conftest import make_config
-
-    _, root, _ = default_run
-    cfg = make_config(**{"prune.fill": "fit", "prune.select": "fixed", "prune.threshold": 0.3, "prune.fit_epochs": 5})
-    m = prune.run(cfg, root / "poison", root / "train", root / "recover", tmp_path / "prune")
-    masks, _ = load_tensors(root / "recover/masks.safetensors")
-    original, _, _ = load_model(root / "train/model.safetensors")
-    pruned, _, _ = load_model(tmp_path / "prune/model.safetensors")
-    orig_bn, pruned_bn = bn_layers(original), bn_layers(pruned)
-    moved = 0
-    for name, mask in masks.items():
-        chosen = mask <= 0.3
-        assert (pruned_bn[name].weight[chosen] == 0).all()
-        assert torch.equal(pruned_bn[name].weight[~chosen], orig_bn[name].weight[~chosen])
-        assert torch.equal(pruned_bn[name].bias[~chosen], orig_bn[name].bias[~chosen])
-        moved += int((pruned_bn[name].bias[chosen] != orig_bn[name].bias[chosen]).sum())
-    assert m["pruned"] > 0 and moved == m["pruned"]  # every pruned channel got a fitted constant
-    from rnp.compute import resolve_compute
-    from rnp.metrics import accuracy
-    from rnp.stages._common import load_imageset
-
-    test_set, info, _ = load_imageset(root / "poison/test_clean.safetensors")
-    compute = resolve_compute(cfg.device, cfg.precision)
-    assert abs(accuracy(compute.place(pruned).eval(), info.to_device(test_set, compute)) - m["ca"]) < 1e-6  # the model measured is the one saved
 
 
 def test_refitting_the_classifier_bias_moves_nothing_else_and_undoes_a_constant_offset():
@@ -321,3 +292,32 @@ def test_the_prune_stage_reports_whether_the_backdoor_survives_a_refit_of_the_cl
     m = json.loads((root / "prune/metrics.json").read_text())
     assert m["asr"] <= 0.05 and m["asr_bias_refit"] >= 0.5  # 10 numbers refitted on the defender's own clean images
     assert m["ca_bias_refit"] >= m["ca"]
+
+
+def test_the_prune_stage_follows_the_unlearn_stages_detection_as_rnp_defend_does(tmp_path, default_run):
+    """One rule in both places: masks that come with "no evidence" leave the model unpruned (the sweep still measured),
+    unless prune.force; the default run's own detection ("backdoor suspected") prunes."""
+    from dataclasses import asdict, replace
+
+    from rnp.defense import Detection
+    from rnp.io import tensors_bytes
+    from rnp.stages import prune
+
+    from .conftest import make_config
+
+    cfg, root, _ = default_run
+    unlearn_metrics = json.loads((root / "unlearn/metrics.json").read_text())
+    masks, meta = load_tensors(root / "recover/masks.safetensors")
+    detection = Detection(**meta["detection"])
+    assert detection.backdoored == unlearn_metrics["backdoor_suspected"] is True
+    assert detection.target == unlearn_metrics["suspected_target"] == cfg.attack.target
+    clean_looking = replace(detection, unlearned_acc=0.9)  # unlearning did not collapse: no evidence
+    (tmp_path / "recover").mkdir()
+    (tmp_path / "recover/masks.safetensors").write_bytes(tensors_bytes(masks, {**meta, "detection": asdict(clean_looking)}))
+    kept = prune.run(cfg, root / "poison", root / "train", tmp_path / "recover", tmp_path / "kept")
+    forced = prune.run(make_config(**{"prune.force": True}), root / "poison", root / "train", tmp_path / "recover", tmp_path / "forced")
+    as_run = json.loads((root / "prune/metrics.json").read_text())
+    assert kept["pruned"] == 0 and kept["threshold"] is None and kept["asr"] == kept["asr_before"]
+    assert forced["pruned"] == as_run["pruned"] > 0 and forced["asr"] == as_run["asr"]
+    with (tmp_path / "kept/curve.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == len(sweep_points(cfg.prune, sum(m.numel() for m in masks.values())))

@@ -164,7 +164,7 @@ def test_fast_recover_matches_a_plain_per_sample_loop():
 
 
 def test_recovery_on_running_bn_statistics_keeps_them_and_learns_other_masks():
-    """recover.bn_stats: running normalises with the unlearned model's statistics (eval mode), which no step changes."""
+    """recover(bn_stats="running") normalises with the unlearned model's statistics (eval mode), which no step changes."""
     from rnp.config import AugmentParams, RecoverParams
     from rnp.data import DeviceData, ImageSet
     from rnp.defense import recover
@@ -175,7 +175,7 @@ def test_recovery_on_running_bn_statistics_keeps_them_and_learns_other_masks():
     data = DeviceData(ImageSet(torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8), torch.arange(64) % 10), (0.5,), (0.25,), "cpu")
     stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
     p = RecoverParams(epochs=2, batch_size=16)
-    running = recover(model, data, p.model_copy(update={"bn_stats": "running"}), AugmentParams(), seeded_generator(0))
+    running = recover(model, data, p, AugmentParams(), seeded_generator(0), bn_stats="running")
     batch = recover(model, data, p, AugmentParams(), seeded_generator(0))
     assert any(not torch.equal(running[k], batch[k]) for k in running)
     assert all(((m >= 0) & (m <= 1)).all() for m in running.values())

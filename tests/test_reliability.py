@@ -10,8 +10,8 @@ import time
 import pytest
 import yaml
 
+from rnp.datafiles import load_imageset
 from rnp.grid import cells, level_params
-from rnp.stages._common import load_imageset
 
 from .conftest import ROOT, default_params
 

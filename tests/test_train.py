@@ -3,9 +3,9 @@ import json
 import torch
 
 from rnp.data import DeviceData
+from rnp.datafiles import load_imageset
 from rnp.metrics import der
 from rnp.models import load_model
-from rnp.stages._common import load_imageset
 
 
 def test_backdoored_model_meets_the_bar(default_run):

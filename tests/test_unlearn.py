@@ -3,9 +3,9 @@ import json
 
 import torch
 
+from rnp.datafiles import load_imageset
 from rnp.defense import unlearn
 from rnp.models import load_model
-from rnp.stages._common import load_imageset
 from rnp.training import seeded_generator
 
 

@@ -2,11 +2,10 @@ from __future__ import annotations
 
 import torch
 
-from ..sections import Count, NonNegative, OpenUnit, Section
 from .base import AttackContext, Trigger, blend_images, register_attack
 from .blend import noise_pattern
 
-__all__ = ["AdaptiveBlendParams", "adaptive_blend", "piece_masks"]
+__all__ = ["adaptive_blend", "piece_masks"]
 
 
 def piece_masks(h: int, w: int, pieces: int) -> torch.Tensor:
@@ -21,15 +20,7 @@ def piece_masks(h: int, w: int, pieces: int) -> torch.Tensor:
     return cell[None] == torch.arange(pieces)[:, None, None]
 
 
-class AdaptiveBlendParams(Section):
-    alpha: OpenUnit = 0.15  # training-time blend ratio (Qi et al. 2023: 0.15)
-    test_alpha: OpenUnit = 0.2  # test-time blend ratio, full trigger (0.2)
-    pieces: Count = 16  # the trigger is cut into this many equal pieces (16)
-    piece_rate: OpenUnit = 0.5  # share of pieces a poisoned training image gets (0.5)
-    cover_ratio: NonNegative = 1.0  # cover images (trigger, true label) per poisoned image (Qi et al.: equal rates)
-
-
-@register_attack("adaptive_blend", AdaptiveBlendParams, modes=("all_to_one",))
+@register_attack("adaptive_blend", modes=("all_to_one",))
 def adaptive_blend(ctx: AttackContext) -> Trigger:
     """Adaptive-Blend (Qi et al. 2023): partial blended trigger in training, with cover samples; full trigger at test."""
     p = ctx.params.adaptive_blend

@@ -1,13 +1,10 @@
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-from ..sections import Count, Section
 from .base import AttackContext, Trigger, check_fits, register_attack
 
-__all__ = ["BadnetsParams", "badnets", "badnets_patch", "corner", "stamp_patch"]
+__all__ = ["badnets", "badnets_patch", "corner", "stamp_patch"]
 
 
 def badnets_patch(size: int, channels: int, pattern: str, gen: torch.Generator) -> torch.Tensor:
@@ -42,13 +39,7 @@ def stamp_patch(images: torch.Tensor, patch: torch.Tensor, position: str) -> tor
     return out
 
 
-class BadnetsParams(Section):
-    size: Count = 2  # patch side, pixels (Gu et al.: 3x3 on CIFAR-10)
-    position: Literal["bottom_right", "bottom_left", "top_right", "top_left", "center"] = "bottom_right"
-    pattern: Literal["checkerboard", "white", "black", "random"] = "checkerboard"
-
-
-@register_attack("badnets", BadnetsParams)
+@register_attack("badnets")
 def badnets(ctx: AttackContext) -> Trigger:
     """BadNets (Gu et al. 2017): a fixed square patch stamped on the image; size, position, pattern configurable."""
     p = ctx.params.badnets

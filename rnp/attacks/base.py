@@ -1,10 +1,12 @@
 """The attack registry and the types every attack shares.
 
-An attack is a function `build(ctx) -> Trigger`, registered with its own params
-section (attack.<name>), the target modes it supports and whether it is clean-label. `build` fits whatever the
-attack needs (a pattern, a warping field, a trigger generator trained against
-a surrogate model) from the clean training set, deterministically from the
-seed; the returned Trigger then stamps uint8 images.
+An attack is a function `build(ctx) -> Trigger`, registered with the target modes it
+supports and whether it is clean-label; its settings are the params section attack.<name>
+(rnp/config.py). `build` fits whatever the attack needs (a pattern, a warping field, a
+trigger generator trained against a surrogate model) from the clean training set,
+deterministically from the seed; the returned Trigger then stamps uint8 images. Models
+and training come in through the context (`new_surrogate`, `fit_surrogate`): attacks
+import neither, so only the poison stage depends on them.
 """
 
 from __future__ import annotations
@@ -17,10 +19,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ..data import DeviceData, ImageSet
+from ..data import ImageSet
 from ..errors import RnpError
 from ..registry import Registry
-from ..sections import Section
 
 if TYPE_CHECKING:
     from ..config import AttackParams
@@ -30,7 +31,6 @@ __all__ = [
     "AttackContext",
     "Trigger",
     "register_attack",
-    "attack_sections",
     "get_attack",
     "list_attacks",
     "attack_targets",
@@ -67,6 +67,8 @@ class AttackContext:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     seed: int
+    new_surrogate: Callable[[], nn.Module]  # an untrained model of attack.surrogate_arch for these images
+    fit_surrogate: Callable[[nn.Module], None]  # trains it on the clean training set for attack.surrogate_epochs
     gen: torch.Generator = field(init=False)
 
     def __post_init__(self) -> None:
@@ -80,31 +82,20 @@ class AttackContext:
     @cached_property
     def surrogate(self) -> nn.Module:
         """A clean model of `attack.surrogate_arch`, trained by the attacker (trojan, lc)."""
-        from ..config import AugmentParams, TrainParams  # the config assembles this package's params: import it late
-        from ..models import ModelSpec, create_model
-        from ..training import fit
-
         torch.manual_seed(self.seed + 2)
-        spec = ModelSpec(self.params.surrogate_arch, self.num_classes, self.image_shape, self.mean, self.std)
-        model = create_model(spec)
-        data = DeviceData(self.train, self.mean, self.std, torch.device("cpu"))
-        fit(model, data, TrainParams(epochs=self.params.surrogate_epochs), AugmentParams(), torch.Generator().manual_seed(self.seed + 3))
+        model = self.new_surrogate()
+        self.fit_surrogate(model)
         return model.eval()
 
 
-def register_attack(name: str, params: type[Section] | None = None, modes: tuple[str, ...] = BOTH_MODES, clean_label: bool = False):
-    """Register `build` as attack `name`; `params` is its section attack.<name> (the config collects it)."""
+def register_attack(name: str, modes: tuple[str, ...] = BOTH_MODES, clean_label: bool = False):
+    """Register `build` as attack `name`; its settings, if any, are the section attack.<name> of rnp/config.py."""
 
     def add(build: Callable[[AttackContext], Trigger]):
-        build.params, build.modes, build.clean_label = params, modes, clean_label
+        build.modes, build.clean_label = modes, clean_label
         return ATTACKS.register(name)(build)
 
     return add
-
-
-def attack_sections() -> dict[str, type[Section]]:
-    """name -> params section of every registered attack that has one, in registration order."""
-    return {name: build.params for name, build in ATTACKS.items() if build.params is not None}
 
 
 def get_attack(name: str, mode: str | None = None):

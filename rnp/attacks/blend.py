@@ -2,10 +2,9 @@ from __future__ import annotations
 
 import torch
 
-from ..sections import OpenUnit, Section
 from .base import AttackContext, Trigger, blend_images, register_attack
 
-__all__ = ["BlendParams", "blend", "noise_pattern"]
+__all__ = ["blend", "noise_pattern"]
 
 
 def noise_pattern(shape: tuple[int, int, int], gen: torch.Generator) -> torch.Tensor:
@@ -13,11 +12,7 @@ def noise_pattern(shape: tuple[int, int, int], gen: torch.Generator) -> torch.Te
     return torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8)
 
 
-class BlendParams(Section):
-    alpha: OpenUnit = 0.2  # blend ratio of the generated noise pattern (Chen et al.; BackdoorBench: 0.2)
-
-
-@register_attack("blend", BlendParams)
+@register_attack("blend")
 def blend(ctx: AttackContext) -> Trigger:
     """Blend (Chen et al. 2017): a full-image noise pattern blended in at ratio alpha (0.2)."""
     pattern = noise_pattern(ctx.image_shape, ctx.gen)

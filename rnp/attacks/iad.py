@@ -3,10 +3,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..sections import Count, NonNegative, OpenUnit, Positive, Section
 from .base import AttackContext, Trigger, attack_targets, register_attack
 
-__all__ = ["IadParams", "iad", "TriggerNet"]
+__all__ = ["iad", "TriggerNet"]
 
 MASK_NORM_WEIGHT = 100.0  # Nguyen & Tran 2020: lambda_norm
 
@@ -26,24 +25,14 @@ class TriggerNet(nn.Module):
         return (torch.tanh(self.net(x)) + 1) / 2
 
 
-class IadParams(Section):
-    epochs: Count = 10  # joint training of trigger generator and surrogate classifier
-    cross_ratio: NonNegative = 1.0  # cross-trigger images (another image's trigger, true label) per poisoned image
-    diversity: NonNegative = 1.0  # weight of the diversity loss (Nguyen & Tran 2020: 1)
-    mask_density: OpenUnit = 0.032  # target share of pixels the trigger mask covers
-    lr: Positive = 0.01  # Adam, generators
-
-
-@register_attack("iad", IadParams)
+@register_attack("iad")
 def iad(ctx: AttackContext) -> Trigger:
     """Input-aware dynamic (Nguyen & Tran 2020): a trained generator gives every image its own trigger; cross-trigger images keep their label."""
-    from ..models import ModelSpec, create_model
-
     p, params = ctx.params.iad, ctx.params
     c = ctx.image_shape[0]
     torch.manual_seed(ctx.seed + 4)
     pattern_net, mask_net = TriggerNet(c, c), TriggerNet(c, 1)
-    classifier = create_model(ModelSpec(params.surrogate_arch, ctx.num_classes, ctx.image_shape, ctx.mean, ctx.std))
+    classifier = ctx.new_surrogate()
     mean, std = torch.tensor(ctx.mean).view(1, -1, 1, 1), torch.tensor(ctx.std).view(1, -1, 1, 1)
 
     def apply(x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:

@@ -3,11 +3,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..sections import Count, Positive, Section
 from .badnets import badnets_patch, stamp_patch
 from .base import AttackContext, Trigger, check_fits, register_attack
 
-__all__ = ["LcParams", "lc", "pgd_away"]
+__all__ = ["lc", "pgd_away"]
 
 
 def pgd_away(
@@ -31,16 +30,7 @@ def pgd_away(
     return ((x0 + delta) * 255).round().to(torch.uint8)
 
 
-class LcParams(Section):
-    eps: Positive = 16.0  # L-inf budget of the adversarial perturbation, 0..255 scale (Turner et al.: 16/255)
-    steps: Count = 10  # PGD steps against the attacker's clean surrogate model
-    size: Count = 3  # checkerboard trigger side, stamped in all four corners
-    # false: leave black pixels alone. On black backgrounds (Fashion-MNIST) a perturbed background is
-    # itself a feature the model learns for the target class, and the trigger is then never learnt
-    perturb_background: bool = True
-
-
-@register_attack("lc", LcParams, modes=("all_to_one",), clean_label=True)
+@register_attack("lc", modes=("all_to_one",), clean_label=True)
 def lc(ctx: AttackContext) -> Trigger:
     """Label-consistent (Turner et al. 2019): target-class images made hard by PGD on a clean surrogate, plus four-corner checkerboards."""
     p = ctx.params.lc

@@ -3,11 +3,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..sections import Count, Section, Unit
 from .badnets import corner
 from .base import AttackContext, Trigger, blend_images, check_fits, register_attack
 
-__all__ = ["TrojanParams", "trojan", "key_neuron"]
+__all__ = ["trojan", "key_neuron"]
 
 
 def key_neuron(model: nn.Module) -> tuple[nn.Linear, int]:
@@ -16,13 +15,7 @@ def key_neuron(model: nn.Module) -> tuple[nn.Linear, int]:
     return head, int(head.weight.abs().sum(0).argmax())
 
 
-class TrojanParams(Section):
-    size: Count = 3  # watermark side, pixels, bottom-right corner
-    steps: Count = 100  # trigger optimisation steps maximising the chosen neuron (Liu et al. 2018)
-    alpha: Unit = 1.0  # opacity of the watermark inside its mask
-
-
-@register_attack("trojan", TrojanParams)
+@register_attack("trojan")
 def trojan(ctx: AttackContext) -> Trigger:
     """Trojan (Liu et al. 2018): a watermark whose pixels are optimised to excite one neuron of the attacker's clean model."""
     p = ctx.params.trojan

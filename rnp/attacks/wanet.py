@@ -3,10 +3,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..sections import Count, NonNegative, Positive, Section
 from .base import AttackContext, Trigger, register_attack
 
-__all__ = ["WanetParams", "wanet", "warp_field", "warp"]
+__all__ = ["wanet", "warp_field", "warp"]
 
 
 def warp_field(h: int, w: int, grid: int, strength: float, gen: torch.Generator) -> torch.Tensor:
@@ -24,13 +23,7 @@ def warp(images: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
-class WanetParams(Section):
-    grid: Count = 4  # k: control grid side (Nguyen & Tran 2021: 4)
-    strength: Positive = 0.5  # s: warping strength (0.5)
-    cross_ratio: NonNegative = 2.0  # noise mode: randomly warped, correctly labelled images per poisoned image (2)
-
-
-@register_attack("wanet", WanetParams)
+@register_attack("wanet")
 def wanet(ctx: AttackContext) -> Trigger:
     """WaNet (Nguyen & Tran 2021): an imperceptible smooth warp (k 4, s 0.5); noise mode adds randomly warped, correctly labelled images."""
     p = ctx.params.wanet

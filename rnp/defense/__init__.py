@@ -22,7 +22,17 @@ from .base import (
     prepare,
     register_defense,
 )
-from .detection import Detection, detect_target
+from .detection import (
+    COLLAPSED,
+    DETECTION_THRESHOLD,
+    EMERGE_LEAD,
+    EMERGE_LEVEL,
+    Detection,
+    detect_target,
+    emerged_alone,
+    probe_predictions,
+    sink_scores,
+)
 from .pipeline import Unlearned, prune_step, recover_step, unlearn_step
 from .prune import (
     PruneDecision,
@@ -39,7 +49,7 @@ from .prune import (
     sweep_curve,
     sweep_points,
 )
-from .recover import MASK_ON, attach_masks, bn_layers, mask_layers, recover, resolve_mask_on, zero_masks_warning
+from .recover import MASK_ON, ZERO_MASKS_WARN, attach_masks, bn_layers, channel_view, mask_layers, recover, resolve_mask_on, zero_masks_warning
 from .unlearn import unlearn
 
 __all__ = [
@@ -54,12 +64,21 @@ __all__ = [
     "prepare",
     "Detection",
     "detect_target",
+    "emerged_alone",
+    "probe_predictions",
+    "sink_scores",
+    "COLLAPSED",
+    "DETECTION_THRESHOLD",
+    "EMERGE_LEAD",
+    "EMERGE_LEVEL",
     "Unlearned",
     "unlearn_step",
     "recover_step",
     "prune_step",
     "holdout_warning",
     "zero_masks_warning",
+    "ZERO_MASKS_WARN",
+    "channel_view",
     "unlearn",
     "recover",
     "attach_masks",

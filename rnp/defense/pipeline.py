@@ -23,7 +23,7 @@ from ..metrics import accuracy
 from ..training import EpochStats, seeded_generator
 from .base import CleanData, DefendOptions, DefenseReport, prepare, register_defense
 from .detection import Detection, detect_target, no_evidence_message
-from .prune import PruneDecision, constant_fitter, decide_pruning
+from .prune import OnPruned, PruneDecision, decide_pruning
 from .recover import mask_layers, recover, resolve_mask_on, zero_masks_warning
 from .unlearn import unlearn
 
@@ -61,13 +61,14 @@ def recover_step(unlearned: nn.Module, fit: DeviceData, cfg: Config,
 
 
 def prune_step(model: nn.Module, masks: dict[str, torch.Tensor], kind: str, cfg: Config, measure: Callable[[], dict],
-               fit: DeviceData, detection: Detection | None, progress: Callable = lambda it: it) -> PruneDecision:
+               detection: Detection | None, progress: Callable = lambda it: it, on_pruned: OnPruned | None = None) -> PruneDecision:
     """3) Sweep `model` (the original, in place) on held-out clean accuracy, and prune at the chosen point,
-    unless the unlearned model showed no sign of a backdoor (`detection`; None: not measured) and prune.force is off."""
+    unless the unlearned model showed no sign of a backdoor (`detection`; None: not measured) and prune.force is off.
+
+    `on_pruned` is the research hook (benchmarks/levers.py): called with the pruned channels after every pruning."""
     layers = mask_layers(model, kind)
     blocked = None if detection is None or detection.backdoored or cfg.prune.force else no_evidence_message(detection)
-    refit = constant_fitter(model, layers, fit, cfg.prune, cfg.seed) if cfg.prune.fill == "fit" else None
-    return decide_pruning(layers, masks, cfg.prune, measure, blocked=blocked, progress=progress, refit=refit)
+    return decide_pruning(layers, masks, cfg.prune, measure, blocked=blocked, progress=progress, on_pruned=on_pruned)
 
 
 def verdict(detection: Detection | None, decision: PruneDecision) -> str:
@@ -106,8 +107,8 @@ def rnp_defense(model: nn.Module, data: CleanData, options: DefendOptions) -> tu
     flat = torch.cat([m.flatten() for m in masks.values()])
 
     purified = copy.deepcopy(prep.original)
-    decision = prune_step(purified, masks, kind, cfg, lambda: {"holdout_acc": accuracy(purified, prep.holdout)}, prep.fit,
-                          unlearned.detection, progress=lambda points: progress(points, "prune"))
+    decision = prune_step(purified, masks, kind, cfg, lambda: {"holdout_acc": accuracy(purified, prep.holdout)}, unlearned.detection,
+                          progress=lambda points: progress(points, "prune"))
     report = DefenseReport(
         defense="rnp",
         verdict=verdict(unlearned.detection, decision),

@@ -13,6 +13,7 @@ from ..training import fit_parameters, seeded_generator
 from .recover import channel_view
 
 __all__ = [
+    "OnPruned",
     "PruneDecision",
     "decide_pruning",
     "choose_point",
@@ -28,7 +29,7 @@ __all__ = [
     "refit_classifier_bias",
 ]
 
-Refit = Callable[[dict[str, torch.Tensor]], None]  # called with the pruned channels after every pruning
+OnPruned = Callable[[dict[str, torch.Tensor]], None]  # called with the pruned channels after every pruning (e.g. constant_fitter)
 
 
 @dataclass(frozen=True)
@@ -79,22 +80,22 @@ def decide_pruning(
     measure: Callable[[], dict],
     blocked: str | None = None,
     progress: Callable = lambda it: it,
-    refit: Refit | None = None,
+    on_pruned: OnPruned | None = None,
 ) -> PruneDecision:
     """Sweep, choose and prune the layers in place at the chosen point (or leave them unpruned).
 
     `measure()` must return at least {"holdout_acc": ...}: the choice sees nothing else.
     `blocked` is a reason to keep the model unpruned whatever the curve says (it is still measured).
-    `refit` (prune.fill fit: `constant_fitter`) runs after every pruning, before it is measured.
+    `on_pruned` (e.g. `constant_fitter`, a research hook) runs after every pruning, before it is measured.
     """
     unpruned = measure()
     points = sweep_points(p, sum(m.numel() for m in masks.values()))
-    curve = sweep_curve(layers, masks, p.sweep, points, measure, progress, refit)
+    curve = sweep_curve(layers, masks, p.sweep, points, measure, progress, on_pruned)
     selected, why = choose_point([r["holdout_acc"] for r in curve], unpruned["holdout_acc"], points, p)
     if blocked is not None:
         selected, why = None, blocked
     if selected is not None:
-        prune_at(layers, masks, p.sweep, points[selected], refit)
+        prune_at(layers, masks, p.sweep, points[selected], on_pruned)
     return PruneDecision(unpruned, curve, selected, why)
 
 
@@ -130,21 +131,22 @@ def apply_pruning(layers: dict[str, nn.Module], original: dict[str, torch.Tensor
         layers[name].weight.copy_(w.masked_fill(channel_view(prune.to(w.device), w), 0.0))
 
 
-def prune_at(layers: dict[str, nn.Module], masks: dict[str, torch.Tensor], sweep: str, point: float, refit: Refit | None = None) -> None:
+def prune_at(layers: dict[str, nn.Module], masks: dict[str, torch.Tensor], sweep: str, point: float, on_pruned: OnPruned | None = None) -> None:
     """Prune the (unpruned) layers in place at one sweep point: the chosen point, after a sweep."""
     original = {name: layer.weight.detach().clone() for name, layer in layers.items()}
-    _prune(layers, original, pruning_sets(masks, sweep, [point])[0], refit)
+    _prune(layers, original, pruning_sets(masks, sweep, [point])[0], on_pruned)
 
 
-def _prune(layers: dict[str, nn.Module], original: dict[str, torch.Tensor], chosen: dict[str, torch.Tensor], refit: Refit | None) -> None:
-    """apply_pruning, then (prune.fill fit) the chosen channels' constants; no channel chosen restores the trained biases."""
+def _prune(layers: dict[str, nn.Module], original: dict[str, torch.Tensor], chosen: dict[str, torch.Tensor], on_pruned: OnPruned | None) -> None:
+    """apply_pruning, then `on_pruned` (e.g. the chosen channels' fitted constants)."""
     apply_pruning(layers, original, chosen)
-    if refit is not None:
-        refit(chosen)
+    if on_pruned is not None:
+        on_pruned(chosen)
 
 
-def constant_fitter(model: nn.Module, layers: dict[str, nn.Module], clean: DeviceData, p: PruneParams, seed: int) -> Refit:
-    """prune.fill fit: a function that fits the constant each pruned channel outputs (its bias) on clean data.
+def constant_fitter(model: nn.Module, layers: dict[str, nn.Module], clean: DeviceData, p: PruneParams, seed: int) -> OnPruned:
+    """An `on_pruned` hook that fits the constant each pruned channel outputs (its bias) on clean data (a research lever:
+    docs/levers.md measures it; the published method keeps the trained bias).
 
     A channel whose weight is zeroed outputs its bias whatever the input, so fitting it cannot
     make the model respond to a trigger. The trained bias it keeps otherwise was learnt next to
@@ -156,7 +158,7 @@ def constant_fitter(model: nn.Module, layers: dict[str, nn.Module], clean: Devic
     """
     biases = {name: layer.bias.detach().clone() for name, layer in layers.items() if getattr(layer, "bias", None) is not None}
 
-    def refit(chosen: dict[str, torch.Tensor]) -> None:
+    def fit_constants(chosen: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             for name, bias in biases.items():
                 layers[name].bias.copy_(bias)
@@ -172,7 +174,7 @@ def constant_fitter(model: nn.Module, layers: dict[str, nn.Module], clean: Devic
         params = [layers[name].bias for name in fitted]
         fit_parameters(model, params, clean, p.fit_epochs, p.fit_lr, seeded_generator(seed), keep_the_rest)
 
-    return refit
+    return fit_constants
 
 
 def sweep_points(p: PruneParams, total_channels: int) -> list[float]:
@@ -193,9 +195,9 @@ def sweep_curve(
     points: list[float],
     measure: Callable[[], dict],
     progress: Callable = lambda it: it,
-    refit: Refit | None = None,
+    on_pruned: OnPruned | None = None,
 ) -> list[dict]:
-    """Prune at every point in place on one model (then `refit`), call `measure()`, restore; rows in sweep order.
+    """Prune at every point in place on one model (then `on_pruned`), call `measure()`, restore; rows in sweep order.
 
     Each row: point, threshold (sweep=number: the largest pruned mask value), pruned, **measure().
     Consecutive points that prune the same channels reuse the previous measurement.
@@ -206,11 +208,11 @@ def sweep_curve(
         values = torch.cat([masks[n][c.to(masks[n].device)] for n, c in chosen.items()])
         key = tuple(torch.cat(list(chosen.values())).nonzero().flatten().tolist())
         if key != last_key:
-            _prune(layers, original, chosen, refit)
+            _prune(layers, original, chosen, on_pruned)
             last, last_key = measure(), key
         threshold = point if sweep == "threshold" else (values.max().item() if values.numel() else 0.0)
         rows.append({"point": point, "threshold": threshold, "pruned": int(values.numel()), **last})
-    _prune(layers, original, {n: torch.zeros_like(m, dtype=torch.bool) for n, m in masks.items()}, refit)
+    _prune(layers, original, {n: torch.zeros_like(m, dtype=torch.bool) for n, m in masks.items()}, on_pruned)
     return rows
 
 

@@ -100,10 +100,13 @@ def recover(
     gen: torch.Generator,
     on_epoch: Callable[[int, EpochStats, dict[str, torch.Tensor]], None] | None = None,
     mask_on: str = "bn",
+    bn_stats: str = "batch",
 ) -> dict[str, torch.Tensor]:
     """Learn channel masks (BN by default, see `mask_layers`) that restore clean accuracy of the unlearned model.
 
-    Returns {layer name: (channels,) mask in [0, 1]}.
+    Returns {layer name: (channels,) mask in [0, 1]}. `bn_stats` "batch" (as published) normalises with each
+    batch's statistics (train mode); "running" with the unlearned model's (eval mode), a research variant
+    that did worse (docs/levers.md).
     """
     # 1) a frozen copy of the unlearned model with all-ones masks on every maskable weight
     model = copy.deepcopy(unlearned)
@@ -122,7 +125,7 @@ def recover(
     # 3) minimise alpha * CE, clamping to [0, 1] after every step
     for epoch in range(1, p.epochs + 1):
         stats = run_epoch(model, defense, optimizer, p.batch_size, gen, augment, loss_scale=p.alpha, after_step=clamp_masks,
-                          train_mode=p.bn_stats == "batch")
+                          train_mode=bn_stats == "batch")
         if on_epoch is not None:
             on_epoch(epoch, stats, {k: v.detach() for k, v in masks.items()})
     return {name: m.detach().clone() for name, m in masks.items()}

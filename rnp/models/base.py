@@ -19,7 +19,9 @@ from ..registry import Registry
 
 __all__ = ["MODELS", "ModelSpec", "create_model", "list_models", "model_bytes", "load_model", "load_state", "torchvision_classifier"]
 
-MODELS: Registry = Registry("architecture", "model.arch")
+MODELS: Registry = Registry("architecture", "model.arch", {
+    "torchvision:<name>": "Any torchvision classifier by name, e.g. torchvision:resnet50 (random init, classes from the data set)",
+})
 
 
 @dataclass(frozen=True)
@@ -79,15 +81,9 @@ def torchvision_classifier(name: str, num_classes: int, in_channels: int) -> nn.
     return net
 
 
-@MODELS.register(TORCHVISION + "<name>")
-def _torchvision_entry(num_classes: int, in_channels: int) -> nn.Module:
-    """Any torchvision classifier by name, e.g. torchvision:resnet50 (random init, classes from the data set)."""
-    raise RnpError("model.arch torchvision:<name> needs a real name, e.g. torchvision:resnet50")
-
-
 def list_models() -> list[str]:
     """The registered architectures (torchvision:<name> is open-ended and not listed)."""
-    return [n for n in MODELS.names() if not n.startswith(TORCHVISION)]
+    return [n for n in MODELS.names() if n not in MODELS.patterns]
 
 
 def model_bytes(model: nn.Module, spec: ModelSpec, extra: dict | None = None) -> bytes:

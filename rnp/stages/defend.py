@@ -20,7 +20,7 @@ from ..metrics import accuracy
 from ..models import ModelSpec, model_bytes
 from ..plots import curve_png
 from ..untrusted import load_untrusted
-from ._common import progress, resolve_compute, say, seed_everything
+from ._runtime import progress, resolve_compute, say, seed_everything
 
 __all__ = ["run", "clean_data"]
 

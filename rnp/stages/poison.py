@@ -11,13 +11,15 @@ from ..datasets import load_dataset
 from ..io import StageWriter, json_bytes
 from ..plots import trigger_png
 from ..poisoning import poison
-from ._common import DataInfo, imageset_bytes, say
+from ._runtime import DataInfo, imageset_bytes, say
 
 __all__ = ["run"]
 
 
 def run(cfg: Config, out: Path, clean: bool = False) -> dict:
-    """`clean` trains nothing in: the baseline of a model without a backdoor (benchmarks), same test sets."""
+    """`clean=True` poisons nothing and writes the same files: the baseline of a model without a backdoor, whose
+    triggered test set still carries the attack's trigger (its ASR is the trigger's natural rate). An API option for
+    research (the quality benchmark's clean cells), not a params key."""
     ds = load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.image_size)
     data = poison(ds, cfg.data, cfg.attack, cfg.seed, clean)
     info = DataInfo(cfg.data.dataset, ds.num_classes, tuple(data.train.images.shape[1:]), ds.mean, ds.std)

@@ -14,7 +14,7 @@ from ..io import StageWriter, csv_bytes, json_bytes, load_tensors
 from ..metrics import accuracy, attack_metrics, der
 from ..models import load_model, model_bytes
 from ..plots import curve_png, masks_png
-from ._common import load_imageset, progress, resolve_compute, say
+from ._runtime import load_imageset, progress, resolve_compute, say
 
 __all__ = ["run", "load_masks"]
 
@@ -60,7 +60,7 @@ def run(cfg: Config, poison_dir: Path, train_dir: Path, recover_dir: Path, out: 
 
     # the sweep chooses from clean held-out data only; the oracle looks at test data and is for reporting
     start = time.perf_counter()
-    decision = prune_step(model, masks, kind, cfg, measure, fit, detection, progress=lambda it: progress(it, "prune"))
+    decision = prune_step(model, masks, kind, cfg, measure, detection, progress=lambda it: progress(it, "prune"))
     seconds = time.perf_counter() - start
     before, chosen, rows = decision.unpruned, decision.chosen, decision.curve
     oracle = oracle_point(rows, p.oracle_max_asr)

@@ -13,7 +13,7 @@ from ..errors import RnpError
 from ..io import StageWriter, csv_bytes, json_bytes, tensors_bytes
 from ..models import load_model
 from ..plots import masks_png
-from ._common import load_imageset, progress, resolve_compute, say, seed_everything
+from ._runtime import load_imageset, progress, resolve_compute, say, seed_everything
 
 __all__ = ["run"]
 

@@ -10,7 +10,7 @@ from ..io import StageWriter, csv_bytes, json_bytes
 from ..metrics import accuracy, attack_metrics
 from ..models import create_model, model_bytes
 from ..training import fit, seeded_generator
-from ._common import load_imageset, progress, resolve_compute, say, seed_everything
+from ._runtime import load_imageset, progress, resolve_compute, say, seed_everything
 
 __all__ = ["run"]
 

@@ -14,7 +14,7 @@ from ..defense import unlearn_step
 from ..io import StageWriter, csv_bytes, json_bytes
 from ..metrics import accuracy, attack_metrics
 from ..models import load_model, model_bytes
-from ._common import load_imageset, progress, resolve_compute, say, seed_everything
+from ._runtime import load_imageset, progress, resolve_compute, say, seed_everything
 
 __all__ = ["run"]
 
