@@ -30,7 +30,7 @@ import torch
 import yaml
 
 from rnp.config import config_from_dict, with_overrides
-from rnp.defense import select_auto
+from rnp.defense.prune import select_auto
 from rnp.stages import run_all
 
 from .common import write_marked

@@ -28,7 +28,8 @@ from torch import nn
 from rnp.compute import resolve_compute
 from rnp.data import DeviceData, ImageSet
 from rnp.datafiles import load_imageset
-from rnp.defense import COLLAPSED, DETECTION_THRESHOLD, EMERGE_LEAD, EMERGE_LEVEL, emerged_alone, probe_predictions, unlearn_step
+from rnp.defense import unlearn_step
+from rnp.defense.detection import COLLAPSED, DETECTION_THRESHOLD, EMERGE_LEAD, EMERGE_LEVEL, emerged_alone, probe_predictions
 from rnp.io import atomic_write_bytes, json_bytes, read_json
 from rnp.models import load_model
 

@@ -30,17 +30,9 @@ from torch import nn
 from rnp.compute import resolve_compute
 from rnp.data import DeviceData, ImageSet
 from rnp.datafiles import load_imageset
-from rnp.defense import (
-    channel_view,
-    constant_fitter,
-    detect_target,
-    mask_layers,
-    prune_step,
-    recover,
-    recover_step,
-    refit_classifier_bias,
-    unlearn_step,
-)
+from rnp.defense import detect_target, mask_layers, prune_step, recover, recover_step, unlearn_step
+from rnp.defense.prune import constant_fitter, refit_classifier_bias
+from rnp.defense.recover import channel_view
 from rnp.io import atomic_write_bytes, json_bytes, read_json
 from rnp.metrics import accuracy, attack_metrics
 from rnp.models import load_model

@@ -1,5 +1,5 @@
 """What the masks say: the share of masks recovery sets to 0, against what the defense then achieved, over every saved
-quality cell (benchmarks/results/quality/). It is the evidence for rnp's zero-mask warning (rnp.defense.ZERO_MASKS_WARN).
+quality cell (benchmarks/results/quality/). It is the evidence for rnp's zero-mask warning (rnp.defense.recover.ZERO_MASKS_WARN).
 
     python -m benchmarks.masks             # rewrite the table in docs/quality.md and docs/img/zero_masks.png
     python -m benchmarks.masks --no-doc    # print the table only
@@ -16,7 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from rnp.defense import ZERO_MASKS_WARN, bn_layers
+from rnp.defense import bn_layers
+from rnp.defense.recover import ZERO_MASKS_WARN
 from rnp.io import atomic_write_bytes, read_json
 from rnp.models import ModelSpec, create_model
 

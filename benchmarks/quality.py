@@ -38,7 +38,8 @@ from rnp.compute import resolve_compute
 from rnp.config import PruneParams, config_from_dict, with_overrides
 from rnp.data import DeviceData, ImageSet
 from rnp.datafiles import load_imageset
-from rnp.defense import choose_point, detect_target, refit_classifier_bias
+from rnp.defense import detect_target
+from rnp.defense.prune import choose_point, refit_classifier_bias
 from rnp.io import atomic_write_bytes, json_bytes, read_json
 from rnp.metrics import accuracy, attack_metrics
 from rnp.models import load_model

@@ -31,7 +31,8 @@ from torch import nn
 from rnp.config import PruneParams
 from rnp.data import DeviceData, ImageSet
 from rnp.datafiles import load_imageset
-from rnp.defense import apply_pruning, bn_layers, constant_fitter, detect_target, refit_classifier_bias
+from rnp.defense import bn_layers, detect_target
+from rnp.defense.prune import apply_pruning, constant_fitter, refit_classifier_bias
 from rnp.io import atomic_write_bytes, json_bytes, load_tensors, read_json
 from rnp.metrics import accuracy, attack_metrics
 from rnp.models import load_model

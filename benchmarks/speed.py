@@ -33,7 +33,8 @@ from torchvision import transforms
 from rnp.compute import Compute, native_cpu_bf16, resolve_compute
 from rnp.config import AugmentParams, PruneParams, RecoverParams, TrainParams, UnlearnParams
 from rnp.data import DeviceData, ImageSet
-from rnp.defense import attach_masks, mask_layers, pruning_sets, recover, sweep_curve, sweep_points, unlearn
+from rnp.defense import attach_masks, mask_layers, recover, unlearn
+from rnp.defense.prune import pruning_sets, sweep_curve, sweep_points
 from rnp.metrics import accuracy
 from rnp.models import ModelSpec, create_model
 from rnp.training import fit, seeded_generator

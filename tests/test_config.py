@@ -30,7 +30,7 @@ def test_committed_params_equal_the_defaults_key_for_key():
 
 def test_choices_come_from_the_literal_types():
     from rnp.cli import _parser
-    from rnp.defense import MASK_ON
+    from rnp.defense.recover import MASK_ON
 
     assert MASK_ON == choices(MaskOn) == ("auto", "bn", "norm", "conv")
     defend = _parser()._subparsers._group_actions[0].choices["defend"]

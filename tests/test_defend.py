@@ -314,7 +314,7 @@ def test_without_mean_std_the_normalisation_the_model_is_accurate_under_is_found
 
 
 def test_a_held_out_set_too_coarse_for_the_budget_says_so_and_what_to_do():
-    from rnp.defense import holdout_warning
+    from rnp.defense.base import holdout_warning
 
     assert holdout_warning(102, 0.34, 0.01) is None  # 0.98 % per image: fine for a 1-point budget
     warning = holdout_warning(68, 0.34, 0.01)

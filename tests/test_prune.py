@@ -4,7 +4,8 @@ import json
 import torch
 
 from rnp.config import PruneParams
-from rnp.defense import bn_layers, choose_point, decide_pruning, oracle_point, pruning_sets, select_auto, sweep_points
+from rnp.defense import bn_layers, decide_pruning
+from rnp.defense.prune import choose_point, oracle_point, pruning_sets, select_auto, sweep_points
 from rnp.io import load_tensors
 from rnp.models import load_model
 
@@ -228,7 +229,8 @@ def _bright_or_dark():
 
 
 def test_fitted_constants_undo_the_offset_a_pruned_channel_leaves_and_change_nothing_else():
-    from rnp.defense import constant_fitter, mask_layers
+    from rnp.defense import mask_layers
+    from rnp.defense.prune import constant_fitter
     from rnp.metrics import accuracy
 
     model, data = _bright_or_dark()
@@ -255,7 +257,8 @@ def test_fitted_constants_undo_the_offset_a_pruned_channel_leaves_and_change_not
 
 
 def test_decide_pruning_with_fitted_constants_measures_and_keeps_the_fitted_model():
-    from rnp.defense import constant_fitter, mask_layers
+    from rnp.defense import mask_layers
+    from rnp.defense.prune import constant_fitter
     from rnp.metrics import accuracy
 
     model, data = _bright_or_dark()
@@ -273,7 +276,7 @@ def test_decide_pruning_with_fitted_constants_measures_and_keeps_the_fitted_mode
 
 
 def test_refitting_the_classifier_bias_moves_nothing_else_and_undoes_a_constant_offset():
-    from rnp.defense import classifier, refit_classifier_bias
+    from rnp.defense.prune import classifier, refit_classifier_bias
     from rnp.metrics import accuracy
 
     model, data = _bright_or_dark()

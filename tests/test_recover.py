@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from rnp.defense import attach_masks, bn_layers, mask_layers, zero_masks_warning
-from rnp.defense.recover import ZERO_MASKS_WARN
+from rnp.defense import attach_masks, bn_layers, mask_layers
+from rnp.defense.recover import ZERO_MASKS_WARN, zero_masks_warning
 from rnp.io import load_tensors
 from rnp.models import ModelSpec, create_model, list_models
 

@@ -10,48 +10,14 @@ A second defense goes in its own module here, registered in DEFENSES (see base.p
 """
 
 from . import pipeline  # noqa: F401  (registers "rnp")
-from .base import (
-    DEFENSES,
-    CleanData,
-    DefendOptions,
-    Defense,
-    DefenseReport,
-    Prepared,
-    defend,
-    holdout_warning,
-    prepare,
-    register_defense,
-)
-from .detection import (
-    COLLAPSED,
-    DETECTION_THRESHOLD,
-    EMERGE_LEAD,
-    EMERGE_LEVEL,
-    Detection,
-    detect_target,
-    emerged_alone,
-    probe_predictions,
-    sink_scores,
-)
+from .base import DEFENSES, CleanData, DefendOptions, Defense, DefenseReport, Prepared, defend, prepare, register_defense
+from .detection import Detection, detect_target
 from .pipeline import Unlearned, prune_step, recover_step, unlearn_step
-from .prune import (
-    PruneDecision,
-    apply_pruning,
-    choose_point,
-    classifier,
-    constant_fitter,
-    decide_pruning,
-    oracle_point,
-    prune_at,
-    pruning_sets,
-    refit_classifier_bias,
-    select_auto,
-    sweep_curve,
-    sweep_points,
-)
-from .recover import MASK_ON, ZERO_MASKS_WARN, attach_masks, bn_layers, channel_view, mask_layers, recover, resolve_mask_on, zero_masks_warning
+from .prune import PruneDecision, decide_pruning
+from .recover import attach_masks, bn_layers, mask_layers, recover
 from .unlearn import unlearn
 
+# what a user or a new defense needs; the research's finer tools are public in the submodules (their __all__)
 __all__ = [
     "DEFENSES",
     "register_defense",
@@ -62,41 +28,17 @@ __all__ = [
     "DefenseReport",
     "Prepared",
     "prepare",
-    "Detection",
-    "detect_target",
-    "emerged_alone",
-    "probe_predictions",
-    "sink_scores",
-    "COLLAPSED",
-    "DETECTION_THRESHOLD",
-    "EMERGE_LEAD",
-    "EMERGE_LEVEL",
     "Unlearned",
     "unlearn_step",
     "recover_step",
     "prune_step",
-    "holdout_warning",
-    "zero_masks_warning",
-    "ZERO_MASKS_WARN",
-    "channel_view",
+    "Detection",
+    "detect_target",
     "unlearn",
     "recover",
+    "decide_pruning",
+    "PruneDecision",
+    "mask_layers",
     "attach_masks",
     "bn_layers",
-    "mask_layers",
-    "resolve_mask_on",
-    "MASK_ON",
-    "pruning_sets",
-    "apply_pruning",
-    "prune_at",
-    "select_auto",
-    "oracle_point",
-    "sweep_curve",
-    "sweep_points",
-    "PruneDecision",
-    "decide_pruning",
-    "choose_point",
-    "constant_fitter",
-    "classifier",
-    "refit_classifier_bias",
 ]

@@ -12,8 +12,9 @@ import torch
 from ..config import Config
 from ..data import DeviceData
 from ..datasets import load_dataset
-from ..defense import DEFENSES, MASK_ON, CleanData, DefendOptions, DefenseReport, defend, mask_layers
+from ..defense import DEFENSES, CleanData, DefendOptions, DefenseReport, defend, mask_layers
 from ..defense.base import MIN_ACCURACY
+from ..defense.recover import MASK_ON
 from ..errors import RnpError
 from ..io import StageWriter, csv_bytes, json_bytes, tensors_bytes
 from ..metrics import accuracy

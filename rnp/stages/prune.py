@@ -8,7 +8,9 @@ from pathlib import Path
 import torch
 
 from ..config import Config
-from ..defense import Detection, holdout_warning, mask_layers, oracle_point, prune_step, refit_classifier_bias
+from ..defense import Detection, mask_layers, prune_step
+from ..defense.base import holdout_warning
+from ..defense.prune import oracle_point, refit_classifier_bias
 from ..errors import RnpError
 from ..io import StageWriter, csv_bytes, json_bytes, load_tensors
 from ..metrics import accuracy, attack_metrics, der

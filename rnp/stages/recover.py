@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from ..config import Config
-from ..defense import MASK_ON, mask_layers, recover_step, zero_masks_warning
+from ..defense import mask_layers, recover_step
+from ..defense.recover import MASK_ON, zero_masks_warning
 from ..errors import RnpError
 from ..io import StageWriter, csv_bytes, json_bytes, tensors_bytes
 from ..models import load_model
