@@ -1,8 +1,10 @@
-"""Parity with the reference code: rnp's unlearning and masks against RNP's own training steps, on the same model,
-data and batch order.
+"""Parity with the reference code: rnp's unlearning and masks against RNP's own training steps (and ANP's masks against
+ANP's), on the same model, data and batch order.
 
     git clone https://github.com/bboylyg/RNP /tmp/RNP     # never vendored: read where it lies
     python -m benchmarks.parity --reference /tmp/RNP
+    git clone https://github.com/csdongxian/ANP_backdoor /tmp/ANP
+    python -m benchmarks.parity --reference /tmp/ANP --defense anp
 
 The reference's `train_step_unlearning`, `train_step_recovering` and `clip_mask` are read from its main.py (which
 cannot be imported as it is: it loads CIFAR-10 at import) and its `MaskBatchNorm2d` from models/mask_batchnorm.py.
@@ -29,6 +31,7 @@ from rnp.config import config_from_dict, with_overrides
 from rnp.data import DeviceData
 from rnp.datafiles import load_imageset
 from rnp.defense import bn_layers, recover_step, unlearn_step
+from rnp.defense.anp import anp_masks, sampled_batch
 from rnp.io import atomic_write_bytes, json_bytes
 from rnp.models import load_model
 from rnp.stages import poison, train
@@ -38,17 +41,35 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "parity"
 
 
-def reference_steps(repo: Path) -> dict:
-    """The reference's step functions, compiled from its main.py, and its MaskBatchNorm2d."""
-    tree = ast.parse((repo / "main.py").read_text())
-    wanted = {"train_step_unlearning", "train_step_recovering", "clip_mask"}
+def _functions(path: Path, wanted: set[str], namespace: dict) -> dict:
+    """Compile only the named top-level functions of a reference script (its module level parses arguments or loads data)."""
+    tree = ast.parse(path.read_text())
     module = ast.Module([n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in wanted], type_ignores=[])
+    exec(compile(module, str(path), "exec"), namespace)  # the user's own checkout of the reference
+    return {k: namespace[k] for k in wanted}
+
+
+def _module(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def reference_anp(repo: Path, p) -> dict:
+    """ANP's mask_train and helpers from optimize_mask_cifar.py, with its NoisyBatchNorm2d, bound to ANP's arguments `p`."""
+    bn = _module(repo / "models" / "anp_batchnorm.py", "reference_anp_batchnorm")
+    args = argparse.Namespace(anp_eps=p.eps, anp_steps=p.steps, anp_alpha=p.alpha)
+    namespace = {"torch": torch, "nn": nn, "device": torch.device("cpu"), "args": args, "models": bn}
+    wanted = {"mask_train", "clip_mask", "sign_grad", "include_noise", "exclude_noise", "reset"}
+    return {**_functions(repo / "optimize_mask_cifar.py", wanted, namespace), "NoisyBatchNorm2d": bn.NoisyBatchNorm2d}
+
+
+def reference_steps(repo: Path) -> dict:
+    """RNP's step functions, compiled from its main.py, and its MaskBatchNorm2d."""
     namespace = {"torch": torch, "nn": nn, "device": torch.device("cpu")}
-    exec(compile(module, str(repo / "main.py"), "exec"), namespace)  # the user's own checkout of the reference
-    spec = importlib.util.spec_from_file_location("reference_mask_batchnorm", repo / "models" / "mask_batchnorm.py")
-    bn = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bn)
-    return {**{k: namespace[k] for k in wanted}, "MaskBatchNorm2d": bn.MaskBatchNorm2d}
+    steps = _functions(repo / "main.py", {"train_step_unlearning", "train_step_recovering", "clip_mask"}, namespace)
+    return {**steps, "MaskBatchNorm2d": _module(repo / "models" / "mask_batchnorm.py", "reference_mask_batchnorm").MaskBatchNorm2d}
 
 
 class Batches:
@@ -89,9 +110,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--reference", type=Path, required=True, help="a checkout of github.com/bboylyg/RNP")
     ap.add_argument("--arch", default="small_cnn", help="rnp architecture (its BatchNorm2d layers are swapped)")
     ap.add_argument("--train-epochs", type=int, default=5)
+    ap.add_argument("--defense", choices=["rnp", "anp"], default="rnp", help="rnp: bboylyg/RNP; anp: csdongxian/ANP_backdoor")
+    ap.add_argument("--anp-iterations", type=int, default=200, help="ANP: mask updates compared (the reference runs 2,000)")
     ap.add_argument("--out", type=Path, help="result JSON (default benchmarks/results/parity/<arch>.json)")
     args = ap.parse_args(argv)
-    ref = reference_steps(args.reference)
     import yaml
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -106,6 +128,9 @@ def main(argv: list[str] | None = None) -> dict:
         model, _, _ = load_model(root / "train" / "model.safetensors")
         fit_set, info, _ = load_imageset(root / "poison" / "defense.safetensors")
     fit = DeviceData(fit_set, info.mean, info.std, "cpu")
+    if args.defense == "anp":
+        return anp_parity(args, cfg.model_copy(update={"anp": cfg.anp.model_copy(update={"iterations": args.anp_iterations})}), model, fit)
+    ref = reference_steps(args.reference)
 
     # 1) unlearning: rnp's pipeline step (what rnp defend and the unlearn stage run), then the reference's for as many
     #    epochs on the same batches
@@ -146,6 +171,37 @@ def main(argv: list[str] | None = None) -> dict:
     atomic_write_bytes(args.out or RESULTS / f"{args.arch}.json", json_bytes(result))
     print(json.dumps(result, indent=1))
     if not (result["unlearned_equal"] and result["masks_equal"]):
+        raise SystemExit(1)
+    return result
+
+
+def anp_parity(args, cfg, model: nn.Module, fit: DeviceData) -> dict:
+    """rnp's ANP masks against the reference's mask_train: same model, batches (drawn once by rnp's sampler) and noise seed."""
+    p = cfg.anp
+    ref = reference_anp(args.reference, p)
+    torch.manual_seed(cfg.seed)
+    masks = anp_masks(model, fit, p, cfg.augment, seeded_generator(cfg.seed))
+    gen = seeded_generator(cfg.seed)
+    batches = [tuple(t.clone() for t in sampled_batch(fit, p.batch_size, gen, cfg.augment)) for _ in range(p.iterations)]
+    noisy = with_mask_bn(model, ref["NoisyBatchNorm2d"])
+    params = list(noisy.named_parameters())
+    mask_opt = torch.optim.SGD([v for n, v in params if "neuron_mask" in n], lr=p.lr, momentum=0.9)
+    noise_opt = torch.optim.SGD([v for n, v in params if "neuron_noise" in n], lr=p.eps / p.steps)
+    torch.manual_seed(cfg.seed)
+    ref["mask_train"](noisy, nn.CrossEntropyLoss(), mask_opt, noise_opt, Batches(batches, len(batches) * p.batch_size))
+    theirs = {name: layer.neuron_mask.detach() for name, layer in bn_layers(noisy).items()}
+    assert list(theirs) == list(masks), "the two models' BatchNorm layers differ"
+    result = {
+        "reference": "github.com/csdongxian/ANP_backdoor optimize_mask_cifar.py (mask_train and helpers), models/anp_batchnorm.py",
+        "defense": "anp", "arch": args.arch, "train_epochs": args.train_epochs, "iterations": p.iterations, "eps": p.eps,
+        "channels": sum(m.numel() for m in masks.values()),
+        "masks_equal": all(torch.equal(masks[k], theirs[k]) for k in masks),
+        "masks_max_abs_diff": max((masks[k] - theirs[k]).abs().max().item() for k in masks),
+        "torch": torch.__version__,
+    }
+    atomic_write_bytes(args.out or RESULTS / f"anp-{args.arch}.json", json_bytes(result))
+    print(json.dumps(result, indent=1))
+    if not result["masks_equal"]:
         raise SystemExit(1)
     return result
 

@@ -24,7 +24,7 @@ from .param_types import Count, NonNegative, OpenUnit, Positive, Section, Unit, 
 
 __all__ = [
     "Config", "load_config", "config_from_dict", "with_overrides", "choices",
-    "DataParams", "AttackParams", "ModelParams", "AugmentParams", "TrainParams", "UnlearnParams", "RecoverParams", "PruneParams",
+    "DataParams", "AttackParams", "ModelParams", "AugmentParams", "TrainParams", "UnlearnParams", "RecoverParams", "PruneParams", "AnpParams",
     "Precision", "MaskOn", "DetectionRule", "Mode", "Sweep", "Select",
 ]
 
@@ -195,6 +195,17 @@ class PruneParams(Section):
     fit_lr: Positive = 0.05  # the bias-refit check: Adam's learning rate
 
 
+class AnpParams(Section):
+    """`rnp defend --defense anp`: Adversarial Neuron Pruning (Wu & Wang 2021), its reference's values."""
+
+    eps: Unit = 0.4  # bound of the multiplicative noise on every BN channel's weight and bias (anp_eps)
+    steps: Count = 1  # signed-gradient steps of the noise, each of size eps / steps (anp_steps)
+    alpha: Unit = 0.2  # loss = alpha * CE(clean) + (1 - alpha) * CE(perturbed) (anp_alpha)
+    lr: Positive = 0.2  # SGD (momentum 0.9) on the masks
+    iterations: Count = 2000  # mask updates, each on a batch drawn with replacement from the clean images
+    batch_size: Count = 128
+
+
 class Config(Section):
     seed: int = 0  # seeds poisoning, initialisation and batch order
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
@@ -207,6 +218,7 @@ class Config(Section):
     unlearn: UnlearnParams = UnlearnParams()
     recover: RecoverParams = RecoverParams()
     prune: PruneParams = PruneParams()
+    anp: AnpParams = AnpParams()  # rnp defend --defense anp only
 
     @field_validator("device")
     @classmethod

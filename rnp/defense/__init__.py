@@ -5,11 +5,12 @@ detect   -> which class does the unlearned model collapse onto? (detection.py)
 recover  -> learn a [0, 1] mask per BatchNorm channel on the unlearned model (recover.py)
 prune    -> zero the BN weights of low-mask channels in the original model (prune.py)
 pipeline -> the steps in turn, registered as defense "rnp": what `rnp defend` and the DVC stages run (pipeline.py)
+anp      -> Adversarial Neuron Pruning, RNP's baseline, registered as "anp" (anp.py)
 
 A second defense goes in its own module here, registered in DEFENSES (see base.py).
 """
 
-from . import pipeline  # noqa: F401  (registers "rnp")
+from . import anp, pipeline  # noqa: F401  (register "anp" and "rnp")
 from .base import DEFENSES, CleanData, DefendOptions, Defense, DefenseReport, Prepared, defend, prepare, register_defense
 from .detection import Detection, detect_target
 from .pipeline import Unlearned, prune_step, recover_step, unlearn_step
