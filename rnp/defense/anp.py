@@ -20,10 +20,9 @@ from torch.nn.utils import parametrize
 from ..config import AnpParams, AugmentParams
 from ..data import DeviceData, random_crop, random_flip
 from ..errors import RnpError
-from ..metrics import accuracy
 from ..training import seeded_generator
 from .base import CleanData, DefendOptions, DefenseReport, prepare, register_defense
-from .pipeline import prune_step
+from .pipeline import prune_prepared
 from .recover import bn_layers, channel_view
 
 __all__ = ["NoisyMask", "NoisyBias", "anp_masks", "sampled_batch", "anp_defense", "REFERENCE_THRESHOLD"]
@@ -154,27 +153,11 @@ def anp_defense(model: nn.Module, data: CleanData, options: DefendOptions) -> tu
 
     masks = anp_masks(prep.original, prep.fit, cfg.anp, cfg.augment, seeded_generator(cfg.seed), tick)
     bar.close()
-    purified = copy.deepcopy(prep.original)
-    decision = prune_step(purified, masks, "bn", cfg, lambda: {"holdout_acc": accuracy(purified, prep.holdout)}, None,
-                          progress=lambda points: progress(points, "prune"))
+    purified, decision = prune_prepared(prep, masks, "bn", options, None)
     at_reference = [r for r in decision.curve if r["threshold"] <= REFERENCE_THRESHOLD + 1e-9]
     flat = torch.cat([m.flatten() for m in masks.values()])
-    report = DefenseReport(
-        defense="anp",
-        verdict=f"ANP ({cfg.anp.iterations} iterations, eps {cfg.anp.eps:g}): {decision.why}",
-        pruned=decision.pruned,
-        threshold=decision.threshold,
-        holdout_acc_before=decision.unpruned["holdout_acc"],
-        holdout_acc_after=decision.chosen["holdout_acc"],
-        clean_acc=prep.clean_acc,
-        clean_images=prep.clean_images,
-        holdout_resolution=1 / prep.clean_images["holdout"],
-        mask_on="bn",
-        warnings=prep.warnings,
-        curve=decision.curve,
-        selected=decision.selected,
-        masks={k: v.cpu() for k, v in masks.items()},
-        extra={"reference_threshold": {"threshold": REFERENCE_THRESHOLD, "pruned": int((flat <= REFERENCE_THRESHOLD).sum()),
-                                       "holdout_acc": at_reference[-1]["holdout_acc"] if at_reference else None}},
-    )
+    reference = {"threshold": REFERENCE_THRESHOLD, "pruned": int((flat <= REFERENCE_THRESHOLD).sum()),
+                 "holdout_acc": at_reference[-1]["holdout_acc"] if at_reference else None}
+    report = DefenseReport.of_pruning("anp", f"ANP ({cfg.anp.iterations} iterations, eps {cfg.anp.eps:g}): {decision.why}", prep, decision,
+                                      masks, "bn", prep.warnings, extra={"reference_threshold": reference})
     return purified.cpu(), report

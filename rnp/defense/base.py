@@ -84,6 +84,28 @@ class DefenseReport:
     unlearn_epochs: int | None = None
     extra: dict = field(default_factory=dict)  # what the caller adds: normalisation, seconds, test accuracy
 
+    @classmethod
+    def of_pruning(cls, defense: str, verdict: str, prep: Prepared, decision, masks: dict[str, torch.Tensor], mask_on: str,
+                   warnings: list[str], **fields) -> DefenseReport:
+        """The report of a defense that pruned by `decision` (a PruneDecision) on `prep`'s held-out images; `fields`: the rest."""
+        return cls(
+            defense=defense,
+            verdict=verdict,
+            pruned=decision.pruned,
+            threshold=decision.threshold,
+            holdout_acc_before=decision.unpruned["holdout_acc"],
+            holdout_acc_after=decision.chosen["holdout_acc"],
+            clean_acc=prep.clean_acc,
+            clean_images=prep.clean_images,
+            holdout_resolution=1 / prep.clean_images["holdout"],
+            mask_on=mask_on,
+            warnings=warnings,
+            curve=decision.curve,
+            selected=decision.selected,
+            masks={k: v.cpu() for k, v in masks.items()},
+            **fields,
+        )
+
     @property
     def backdoor_suspected(self) -> bool | None:
         return None if self.detection is None else self.detection.backdoored

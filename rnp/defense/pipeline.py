@@ -21,13 +21,13 @@ from ..config import Config
 from ..data import DeviceData
 from ..metrics import accuracy
 from ..training import EpochStats, seeded_generator
-from .base import CleanData, DefendOptions, DefenseReport, prepare, register_defense
+from .base import CleanData, DefendOptions, DefenseReport, Prepared, prepare, register_defense
 from .detection import Detection, detect_target, no_evidence_message
 from .prune import OnPruned, PruneDecision, decide_pruning
 from .recover import mask_layers, recover, resolve_mask_on, zero_masks_warning
 from .unlearn import unlearn
 
-__all__ = ["Unlearned", "unlearn_step", "recover_step", "prune_step", "verdict", "rnp_defense"]
+__all__ = ["Unlearned", "unlearn_step", "recover_step", "prune_step", "prune_prepared", "verdict", "rnp_defense"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,15 @@ def prune_step(model: nn.Module, masks: dict[str, torch.Tensor], kind: str, cfg:
     return decide_pruning(layers, masks, cfg.prune, measure, blocked=blocked, progress=progress, on_pruned=on_pruned)
 
 
+def prune_prepared(prep: Prepared, masks: dict[str, torch.Tensor], kind: str, options: DefendOptions,
+                   detection: Detection | None) -> tuple[nn.Module, PruneDecision]:
+    """3) for a registered defense: a copy of the prepared model, pruned by prune_step on the held-out images alone."""
+    purified = copy.deepcopy(prep.original)
+    decision = prune_step(purified, masks, kind, options.cfg, lambda: {"holdout_acc": accuracy(purified, prep.holdout)}, detection,
+                          progress=lambda points: options.progress(points, "prune"))
+    return purified, decision
+
+
 def verdict(detection: Detection | None, decision: PruneDecision) -> str:
     """One line: what unlearning said, and why nothing was pruned when the choice found no point."""
     if detection is None:
@@ -106,25 +115,8 @@ def rnp_defense(model: nn.Module, data: CleanData, options: DefendOptions) -> tu
     bar.close()
     flat = torch.cat([m.flatten() for m in masks.values()])
 
-    purified = copy.deepcopy(prep.original)
-    decision = prune_step(purified, masks, kind, cfg, lambda: {"holdout_acc": accuracy(purified, prep.holdout)}, unlearned.detection,
-                          progress=lambda points: progress(points, "prune"))
-    report = DefenseReport(
-        defense="rnp",
-        verdict=verdict(unlearned.detection, decision),
-        pruned=decision.pruned,
-        threshold=decision.threshold,
-        holdout_acc_before=decision.unpruned["holdout_acc"],
-        holdout_acc_after=decision.chosen["holdout_acc"],
-        clean_acc=prep.clean_acc,
-        clean_images=prep.clean_images,
-        holdout_resolution=1 / prep.clean_images["holdout"],
-        mask_on=kind,
-        warnings=[*prep.warnings, *[w for w in [zero_masks_warning(int((flat == 0).sum()), flat.numel())] if w]],
-        curve=decision.curve,
-        selected=decision.selected,
-        masks={k: v.cpu() for k, v in masks.items()},
-        detection=unlearned.detection,
-        unlearn_epochs=unlearned.epochs,
-    )
+    purified, decision = prune_prepared(prep, masks, kind, options, unlearned.detection)
+    warnings = [*prep.warnings, *[w for w in [zero_masks_warning(int((flat == 0).sum()), flat.numel())] if w]]
+    report = DefenseReport.of_pruning("rnp", verdict(unlearned.detection, decision), prep, decision, masks, kind, warnings,
+                                      detection=unlearned.detection, unlearn_epochs=unlearned.epochs)
     return purified.cpu(), report
