@@ -56,7 +56,8 @@ def plan(dry: bool, out: Path, work: Path) -> list[tuple[str, int, list[list[str
     py = [sys.executable, "-m"]
     if dry:
         tiny = ["--archs", "small_cnn", "--seeds", "0", "--device", "cpu", "--subset", "1200", "--set", "train.epochs=1",
-                "--set", "precision=fp32"]
+                "--set", "precision=fp32", "--set", "anp.iterations=20", "--set", "ft.epochs=2",
+                "--set", "data.defense_size=100"]  # rnp.defend (the baselines) needs every class and 10 held-out images
         tiny_cell = [*py, "benchmarks.quality", "--attacks", "badnets", *tiny]
         return [
             ("speed", 60, [[*py, "benchmarks.speed", "--workload", "tiny", "--device", "cpu", "--precision", "fp32,bf16",

@@ -13,6 +13,12 @@ model, the whole pruning curve (held-out, test CA, ASR, RA), the detection
 verdict and the seconds each stage took. A saved cell is not rerun; the table is
 scored from the saved curves, so a new selection rule is re-scored in seconds.
 
+Every cell also runs the baselines (`--baselines`, default ANP and plain fine-tuning) through `rnp.defend` on
+the model it trained, with the same 600 clean images and the same 204 held out for the choice; their
+after-points, sweeps (test CA and ASR at every point, for the oracle) and seconds go into the cell's
+"baselines", and the side-by-side table (RNP, ANP, FT) is scored from them. A saved cell without a
+baseline gets it from its cached model in --work, when that model is still there.
+
 A backdoored cell is **clean after defense** when the automatic choice leaves
 ASR <= 5 % and CA no more than 2 points below the backdoored model. The oracle
 is the best test CA among sweep points with ASR <= 5 % (for reporting only).
@@ -44,7 +50,7 @@ from rnp.io import atomic_write_bytes, json_bytes, read_json
 from rnp.metrics import accuracy, attack_metrics
 from rnp.models import load_model
 from rnp.presets import get_preset
-from rnp.stages import STAGES, poison, prune, recover, train, unlearn
+from rnp.stages import STAGES, baseline, poison, prune, recover, train, unlearn
 
 from .common import cpu_name, write_marked
 
@@ -71,6 +77,7 @@ DEFENSES: dict[str, dict[str, object]] = {
     "recover_epochs_5": {"recover.epochs": 5},
 }
 MAX_ASR, CA_BUDGET, LEARNT = 0.05, 0.02, 0.5
+BASELINES = ["anp", "ft"]  # registered defenses run beside RNP on every cell's model (rnp.defend)
 
 
 def cell_name(arch: str, attack: str, seed: int) -> str:
@@ -172,7 +179,40 @@ def backfill_bias_check(params: dict, cell_path: Path, work: Path) -> None:
     atomic_write_bytes(cell_path, json_bytes(cell))
 
 
-def run_cell(params: dict, arch: str, attack: str, seed: int, defense: str, extra: dict, work: Path, results: Path) -> dict:
+def run_baseline(cfg, name: str, poison_dir: Path, train_dir: Path, out: Path) -> dict:
+    """Defense `name` on the cell's trained model by the `rnp baseline` stage (rnp.defend on the RNP stages' clean images
+    and held-out split): its after-point, its sweep with test CA and ASR at every point (pruning defenses), its seconds."""
+    m = baseline.run(cfg, poison_dir, train_dir, out, name)
+    curve = [{k: float(v) for k, v in r.items()} for r in _csv_rows(out / "curve.csv")] if (out / "curve.csv").exists() else []
+    after = {k: m[k] for k in ("ca", "asr", "ra", "holdout_acc", "threshold", "pruned")}
+    return {"after": after, "curve": curve, "seconds": m["seconds"], "verdict": m["verdict"],
+            "extra": {k: m[k] for k in ("reference_threshold",) if k in m}}
+
+
+def add_baselines(cell: dict, cfg, names: list[str], poison_dir: Path, train_dir: Path) -> bool:
+    """Run the baselines the cell lacks on its trained model (when `train_dir` holds it); True if any was added."""
+    todo = [n for n in names if n not in cell.get("baselines", {})]
+    if not todo or not (train_dir / "model.safetensors").exists():
+        return False
+    for name in todo:
+        start = time.perf_counter()
+        cell.setdefault("baselines", {})[name] = run_baseline(cfg, name, poison_dir, train_dir, train_dir.parent / name)
+        print(f"{cell_name(cell['arch'], cell['attack'], cell['seed'])}: {name} in {time.perf_counter() - start:.0f} s", flush=True)
+    return True
+
+
+def backfill_baselines(params: dict, cell_path: Path, work: Path, names: list[str]) -> None:
+    """Cells saved before the baselines ran (or with fewer of them): add them from the cached model, when it is the cell's."""
+    cell = read_json(cell_path)
+    cfg = cell_config(params, cell["arch"], cell["attack"], cell["seed"], cell["defense"], cell.get("settings"))
+    top = work / cell["attack"] / f"seed{cell['seed']}"
+    train_dir = top / cell["arch"] / "train"
+    if stage_done(train_dir, stage_keys(cfg)["train"]) and add_baselines(cell, cfg, names, top / "poison", train_dir):
+        atomic_write_bytes(cell_path, json_bytes(cell))
+
+
+def run_cell(params: dict, arch: str, attack: str, seed: int, defense: str, extra: dict, work: Path, results: Path,
+             baselines: list[str] = ()) -> dict:
     cfg = cell_config(params, arch, attack, seed, defense, extra)
     top = work / attack / f"seed{seed}"
     p, t, d = top / "poison", top / arch / "train", top / arch / defense
@@ -198,6 +238,7 @@ def run_cell(params: dict, arch: str, attack: str, seed: int, defense: str, extr
         "gpu": torch.cuda.get_device_name() if cfg.device.startswith("cuda") else None,
         "threads": torch.get_num_threads(),
     }
+    add_baselines(cell, cfg, list(baselines), p, t)
     path = results / defense / f"{cell_name(arch, attack, seed)}.json"
     atomic_write_bytes(path, json_bytes(cell))
     return cell
@@ -229,6 +270,99 @@ def score(cell: dict, prune: PruneParams) -> dict:
         "holds": None if "bias_refit" not in cell else chosen["asr"] <= MAX_ASR and cell["bias_refit"]["asr"] <= MAX_ASR,
         "detected": det["backdoored"] and (not backdoored or det["target"] == cell["target"]),
     }
+
+
+DEFENSE_NAMES = {"rnp": "RNP", "anp": "ANP", "ft": "FT"}
+
+
+def outcome(cell: dict, name: str, prune: PruneParams) -> dict | None:
+    """Defense `name` on a cell: its chosen point (re-chosen from the saved sweep, as for RNP), the oracle, the verdicts and
+    its seconds; None where it was not run. RNP's seconds are its unlearn and recover stages: the pruning sweep on the 204
+    held-out images, which every pruning defense makes alike, is in ANP's, and RNP's prune stage also measures the test sets."""
+    if name == "rnp":
+        return {**score(cell, prune), "seconds": cell["seconds"]["unlearn"] + cell["seconds"]["recover"]}
+    b = cell.get("baselines", {}).get(name)
+    if b is None:
+        return None
+    before, curve = cell["before"], b["curve"]
+    chosen = b["after"]
+    if curve:
+        i, _ = choose_point([r["holdout_acc"] for r in curve], before["holdout_acc"], [r["point"] for r in curve], prune)
+        chosen = curve[i] if i is not None else {**before, "threshold": None, "pruned": 0}
+    ok = [r for r in curve if r["asr"] <= MAX_ASR]
+    return {
+        "chosen": chosen,
+        "oracle": max(ok, key=lambda r: r["ca"]) if ok else None,
+        "learnt": cell["attack"] != CLEAN and before["asr"] >= LEARNT,
+        "clean_after": chosen["asr"] <= MAX_ASR and chosen["ca"] >= before["ca"] - CA_BUDGET - 1e-9,
+        "worse_than_chance": chosen["ca"] < 0.1,
+        "seconds": b["seconds"],
+    }
+
+
+def side_by_side(cells: list[dict], prune: PruneParams, names: list[str]) -> str:
+    """RNP and the baselines on the same models and clean data: a row per cell, a summary line per defense, a sentence per attack."""
+    cells = [c for c in cells if all(n in c.get("baselines", {}) for n in names if n != "rnp")]
+    if not cells:
+        return ""
+    heads = " | ".join(f"{DEFENSE_NAMES[n]}: CA / ASR (t) | {DEFENSE_NAMES[n]} s" for n in names)
+    lines = [f"| cell | before CA / ASR | {heads} | {DEFENSE_NAMES[names[0]]} oracle | "
+             + " | ".join(f"{DEFENSE_NAMES[n]} oracle" for n in names[1:] if n != "ft") + " |",
+             "|---|---:|" + "---:|---:|" * len(names) + "---:|" * (1 + sum(n != "ft" for n in names[1:]))]
+    results = {n: [] for n in names}
+    for c in cells:
+        row = [f"{c['arch']} × {c['attack']}, seed {c['seed']}", f"{pct(c['before']['ca'])} / {pct(c['before']['asr'])}"]
+        oracles = []
+        for n in names:
+            o = outcome(c, n, prune)
+            results[n].append((c, o))
+            ch = o["chosen"]
+            t = "" if n == "ft" else " (none)" if ch.get("threshold") is None else f" ({ch['threshold']:.2f})"
+            mark = "**" if o["learnt"] and o["clean_after"] else ""
+            row += [f"{mark}{pct(ch['ca'])} / {pct(ch['asr'])}{mark}{t}", f"{o['seconds']:.0f}"]
+            if n != "ft":
+                oracles.append(f"{o['oracle']['threshold']:.2f}: {pct(o['oracle']['ca'])} / {pct(o['oracle']['asr'])}" if o["oracle"] else "—")
+        lines.append("| " + " | ".join(row + oracles) + " |")
+    text = "\n".join(lines) + "\n\nBold: clean after (ASR ≤ 5 %, CA ≥ before − 2 points) on a learnt backdoor.\n\n"
+    for n in names:
+        learnt = [(c, o) for c, o in results[n] if o["learnt"]]
+        clean_models = [(c, o) for c, o in results[n] if c["attack"] == CLEAN]
+        drops = [c["before"]["ca"] - o["chosen"]["ca"] for c, o in results[n]]
+        harmed = sum(c["before"]["ca"] - o["chosen"]["ca"] > CA_BUDGET + 1e-9 for c, o in clean_models)
+        seconds = sum(o["seconds"] for _, o in results[n]) / len(results[n])
+        text += (f"- **{DEFENSE_NAMES[n]}**: clean after in **{sum(o['clean_after'] for _, o in learnt)} of {len(learnt)}** learnt cells; "
+                 f"worse than chance in {sum(o['worse_than_chance'] for _, o in results[n])}; "
+                 f"clean models losing more than 2 points: {harmed} of {len(clean_models)}; "
+                 f"mean CA drop {100 * sum(drops) / len(drops):.1f} points; mean {seconds:.0f} s.\n")
+    if "rnp" in names and "anp" in names:
+        text += "\n" + "\n".join(rnp_against_anp(results["rnp"], results["anp"])) + "\n"
+    return text
+
+
+def rnp_against_anp(rnp: list[tuple[dict, dict]], anp: list[tuple[dict, dict]]) -> list[str]:
+    """Per attack: does RNP beat ANP here, as the paper says? More learnt cells clean after wins; on a tie, the lower mean ASR
+    after (by more than one point), then the higher mean CA."""
+    out = []
+    for attack in dict.fromkeys(c["attack"] for c, _ in rnp):
+        if attack == CLEAN:
+            continue
+        r = [o for c, o in rnp if c["attack"] == attack and o["learnt"]]
+        a = [o for c, o in anp if c["attack"] == attack and o["learnt"]]
+        if not r:
+            out.append(f"- {attack}: no learnt backdoor, nothing to compare.")
+            continue
+        rc, ac = sum(o["clean_after"] for o in r), sum(o["clean_after"] for o in a)
+        r_asr, a_asr = (sum(o["chosen"]["asr"] for o in x) / len(x) for x in (r, a))
+        r_ca, a_ca = (sum(o["chosen"]["ca"] for o in x) / len(x) for x in (r, a))
+        if rc != ac:
+            verdict = "RNP beats ANP, as the paper says" if rc > ac else "ANP beats RNP, against the paper"
+        elif abs(r_asr - a_asr) > 0.01:
+            verdict = "RNP ahead on ASR, as the paper says" if r_asr < a_asr else "ANP ahead on ASR, against the paper"
+        else:
+            verdict = "a tie" if abs(r_ca - a_ca) <= 0.01 else "RNP ahead on CA" if r_ca > a_ca else "ANP ahead on CA"
+        out.append(f"- {attack}: clean after in {rc} of {len(r)} (RNP) and {ac} of {len(a)} (ANP); mean after ASR {pct(r_asr)} % against "
+                   f"{pct(a_asr)} %, CA {pct(r_ca)} % against {pct(a_ca)} %: {verdict}.")
+    return out
 
 
 def pct(v: float) -> str:
@@ -335,6 +469,8 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra dotted override (YAML value), e.g. train.epochs=1")
     ap.add_argument("--results", type=Path, default=RESULTS, help="where cells are saved (default benchmarks/results/quality)")
     ap.add_argument("--work", type=Path, default=WORK, help="poisoned data and models (default results/quality)")
+    ap.add_argument("--baselines", nargs="*", default=BASELINES, choices=BASELINES,
+                    help="defenses run beside RNP on each cell's model (default: anp ft; none: --baselines)")
     ap.add_argument("--table-only", action="store_true", help="score the saved cells; run nothing")
     ap.add_argument("--no-doc", action="store_true", help="print the table, leave the docs alone")
     ap.add_argument("--shard", type=shard_arg, default=(0, 1), metavar="K/N",
@@ -348,16 +484,28 @@ def main(argv: list[str] | None = None) -> str:
         missing = missing_cells(args.results / args.defense, args.archs, args.attacks, args.seeds)
         for seed, attack, arch in shard(missing, *args.shard):
             start = time.perf_counter()
-            run_cell(params, arch, attack, seed, args.defense, extra, args.work, args.results)
+            run_cell(params, arch, attack, seed, args.defense, extra, args.work, args.results, args.baselines)
             print(f"{cell_name(arch, attack, seed)} ({args.defense}): {time.perf_counter() - start:.0f} s", flush=True)
         for path in sorted((args.results / args.defense).glob("*.json")):
             backfill_bias_check(params, path, args.work)
+        for path in [args.results / args.defense / f"{cell_name(a, k, s)}.json" for s, k, a in
+                     itertools.product(args.seeds, args.attacks, args.archs)]:
+            if path.exists():
+                backfill_baselines(params, path, args.work, args.baselines)
     cfg = cell_config(params, args.archs[0], args.attacks[0], args.seeds[0], args.defense, extra)
     cells = load_cells(args.results, args.defense, args.archs, args.attacks, args.seeds)
     table = markdown(cells, cfg.prune)
     print(table)
+    versus = side_by_side(cells, cfg.prune, ["rnp", *BASELINES])
+    if versus:
+        print(versus)
     if not args.no_doc:
         write_marked(table, *doc_section(args.defense, args.archs, args.results))
+        page, marker = doc_section(args.defense, args.archs, args.results)
+        if versus and f"<!-- {marker}-side-by-side:start -->" in page.read_text():
+            write_marked(versus, page, f"{marker}-side-by-side")
+        elif versus:
+            print(f"(the side-by-side table is kept in {page.name} between <!-- {marker}-side-by-side:start/end --> markers)")
     return table
 
 

@@ -1,4 +1,4 @@
-"""`rnp poison|train|unlearn|recover|prune`: one subcommand per stage; `list`, `preset` and `defend` beside them."""
+"""`rnp poison|train|unlearn|recover|prune`: one subcommand per stage; `baseline`, `list`, `preset` and `defend` beside them."""
 
 from __future__ import annotations
 
@@ -34,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
         for inp in stage.inputs:
             sp.add_argument(f"--{inp}", type=Path, default=Path("data") / inp, help=f"{inp} stage outputs (default: data/{inp})")
         sp.add_argument("--out", type=Path, default=Path("data") / stage.name, help=f"output folder (default: data/{stage.name})")
+    b = sub.add_parser("baseline", help="another defense (ANP, FT) on the pipeline's model and clean data, measured as prune measures RNP")
+    b.add_argument("--defense", required=True, help="registered defense other than rnp (rnp list)")
+    b.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
+    for inp in ("poison", "train"):
+        b.add_argument(f"--{inp}", type=Path, default=Path("data") / inp, help=f"{inp} stage outputs (default: data/{inp})")
+    b.add_argument("--out", type=Path, required=True, help="output folder: model.safetensors, metrics.json, curve.csv")
     sub.add_parser("list", help="list data sets, attacks, architectures and defenses")
     rp = sub.add_parser("report", help="the one table of a pipeline run: CA/ASR/RA of every model it made")
     rp.add_argument("--data", type=Path, default=Path("data"), help="the stages' output folders (default: data)")
@@ -82,6 +88,11 @@ def _run(args: argparse.Namespace) -> None:
         from .presets import dvc_flags
 
         print(dvc_flags(args.name))
+        return
+    if args.command == "baseline":
+        from .stages import baseline
+
+        baseline.run(load_config(args.params), args.poison, args.train, args.out, args.defense)
         return
     if args.command == "defend":
         from .config import Config, config_from_dict

@@ -135,7 +135,7 @@ def test_list_names_every_registry_entry(capsys):
 
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    assert DEFENSES.names() == ["anp", "rnp"]
+    assert DEFENSES.names() == ["anp", "ft", "rnp"]
     for name in [*list_datasets(), *list_attacks(), *list_models(), *DEFENSES.names()]:
         line = next(li for li in out.splitlines() if li.split()[:1] == [name])
         assert len(line.split()) > 2  # name plus a description

@@ -199,7 +199,7 @@ def test_speed_benchmark_runs_on_a_tiny_workload(capsys):
     (["--defense-size", "-5"], "--defense-size must be >= 1, got -5"),
     (["--image-size", "0"], "--image-size must be >= 1, got 0"),
     (["--detection", "vote"], "argument --detection: invalid choice: 'vote'"),
-    (["--defense", "nad"], "unknown defense 'nad' in --defense (valid: anp, rnp)"),
+    (["--defense", "nad"], "unknown defense 'nad' in --defense (valid: anp, ft, rnp)"),
 ])
 def test_degenerate_numbers_are_one_line_before_any_work(tmp_path, capsys, flags, message):
     out = tmp_path / "purified.safetensors"

@@ -102,6 +102,6 @@ def test_the_ceiling_counts_models_whose_target_leads_after_some_epoch_only():
 def test_an_unknown_rule_or_defense_is_refused_before_any_work_with_the_valid_names():
     with pytest.raises(RnpError, match="unlearn.detection must be one of collapse, emergent, got 'vote'"):
         config_from_dict({"unlearn": {"detection": "vote"}})
-    with pytest.raises(RnpError, match=r"unknown defense 'nad' in --defense \(valid: anp, rnp\)"):
+    with pytest.raises(RnpError, match=r"unknown defense 'nad' in --defense \(valid: anp, ft, rnp\)"):
         defend(torch.nn.Linear(2, 2), CleanData(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), (0.0,), (1.0,), 2),
                defense="nad")

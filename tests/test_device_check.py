@@ -29,6 +29,7 @@ def test_dry_device_check_runs_every_part_and_its_results_fit_what_the_device_to
     assert set(speed["rnp"]) == {"fp32", "bf16"} and speed["baseline"]["prune"] > 0  # the baseline runs in the same call
     (cell,) = json.loads((tmp_path / "quality-cells.json").read_text()).values()
     assert cell["arch"] == "small_cnn" and len(cell["curve"]) == 19 and cell["settings"]["data.root"].endswith("subset-1200")
+    assert set(cell["baselines"]) == {"anp", "ft"} and len(cell["baselines"]["anp"]["curve"]) == 19  # beside RNP, on the same model
     # the same cell and the clean model, trained and defended with the reference's crop and flip by two workers at once
     regime = {Path(name).stem: c for name, c in json.loads((tmp_path / "regime-cells.json").read_text()).items()}
     assert sorted(regime) == ["small_cnn-badnets-seed0", "small_cnn-clean-seed0"] and report["parts"]["regime"]["workers"] == 2

@@ -97,3 +97,40 @@ def test_the_mask_evidence_reads_zero_masks_off_each_cells_first_sweep_point(tmp
     assert "(no warning): 1, 1 of 1 learnt backdoors clean after, 1 possible" in text
     assert "(the warning): 2, 0 of 1 learnt backdoors clean after, 0 possible" in text
     assert plot(list(got.values())).startswith(b"\x89PNG")
+
+
+def _with_baselines(cell: dict, anp_curve: list[tuple[float, float, float]], ft_after: tuple[float, float]) -> dict:
+    rows = [{"point": i * 0.05, "threshold": i * 0.05, "pruned": 5 * i, "holdout_acc": h, "ca": ca, "asr": asr, "ra": 0.0}
+            for i, (h, ca, asr) in enumerate(anp_curve)]
+    cell["seconds"] = {"train": 10.0, "unlearn": 3.0, "recover": 4.0, "prune": 50.0}
+    cell["baselines"] = {
+        "anp": {"after": {"ca": 0.0, "asr": 1.0}, "curve": rows, "seconds": 70.0},  # "after" is re-chosen from the curve
+        "ft": {"after": {"ca": ft_after[0], "asr": ft_after[1], "threshold": None, "pruned": 0}, "curve": [], "seconds": 20.0},
+    }
+    return cell
+
+
+def test_the_side_by_side_table_scores_every_defense_on_the_same_cells_and_says_who_wins_each_attack():
+    from benchmarks.quality import outcome, side_by_side
+
+    prune = PruneParams(max_clean_drop=0.01)
+    # badnets: RNP clean (t = 0), ANP's choice keeps the backdoor (its clean point costs 12 held-out points), FT leaves it
+    badnets = _with_baselines(_cell("badnets", [(0.95, 0.91, 0.02)]), [(0.95, 0.92, 0.90), (0.83, 0.80, 0.01)], (0.91, 0.97))
+    # blend: both clean; ANP at a lower ASR
+    blend = _with_baselines(_cell("blend", [(0.95, 0.91, 0.04)]), [(0.95, 0.915, 0.01)], (0.90, 0.50))
+    clean = _with_baselines(_cell("clean", [(0.95, 0.85, 0.0)]), [(0.95, 0.92, 0.0)], (0.92, 0.0))
+    unrun = _cell("trojan", [(0.95, 0.91, 0.02)])  # saved before the baselines: left out of the comparison
+    anp = outcome(badnets, "anp", prune)
+    assert anp["chosen"]["threshold"] == 0.0 and not anp["clean_after"] and anp["oracle"]["threshold"] == 0.05
+    assert outcome(badnets, "ft", prune)["chosen"]["asr"] == 0.97 and outcome(badnets, "rnp", prune)["seconds"] == 7.0
+    assert outcome(unrun, "anp", prune) is None
+    text = side_by_side([badnets, blend, clean, unrun], prune, ["rnp", "anp", "ft"])
+    assert "trojan" not in text and text.count("| small_cnn ×") == 3
+    assert "**RNP**: clean after in **2 of 2** learnt cells; worse than chance in 0; clean models losing more than 2 points: 1 of 1" in text
+    assert "**ANP**: clean after in **1 of 2** learnt cells" in text and "**FT**: clean after in **0 of 2** learnt cells" in text
+    assert "- badnets: clean after in 1 of 1 (RNP) and 0 of 1 (ANP); mean after ASR 2.0 % against 90.0 %" in text
+    assert "RNP beats ANP, as the paper says" in text
+    assert "- blend: clean after in 1 of 1 (RNP) and 1 of 1 (ANP); mean after ASR 4.0 % against 1.0 %, CA 91.0 % against 91.5 %: " \
+           "ANP ahead on ASR, against the paper." in text
+    assert side_by_side([unrun], prune, ["rnp", "anp", "ft"]) == ""
+

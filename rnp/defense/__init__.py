@@ -6,11 +6,12 @@ recover  -> learn a [0, 1] mask per BatchNorm channel on the unlearned model (re
 prune    -> zero the BN weights of low-mask channels in the original model (prune.py)
 pipeline -> the steps in turn, registered as defense "rnp": what `rnp defend` and the DVC stages run (pipeline.py)
 anp      -> Adversarial Neuron Pruning, RNP's baseline, registered as "anp" (anp.py)
+ft       -> plain fine-tuning on the clean images, the floor, registered as "ft" (finetune.py)
 
 A second defense goes in its own module here, registered in DEFENSES (see base.py).
 """
 
-from . import anp, pipeline  # noqa: F401  (register "anp" and "rnp")
+from . import anp, finetune, pipeline  # noqa: F401  (register "anp", "ft" and "rnp")
 from .base import DEFENSES, CleanData, DefendOptions, Defense, DefenseReport, Prepared, defend, prepare, register_defense
 from .detection import Detection, detect_target
 from .pipeline import Unlearned, prune_step, recover_step, unlearn_step

@@ -1,4 +1,4 @@
-"""rnp defend: an untrusted model file + clean data -> purified model, masks, pruning curve, report."""
+"""rnp defend: an untrusted model file + clean data -> purified model, masks, pruning curve (pruning defenses), report."""
 
 from __future__ import annotations
 
@@ -137,9 +137,10 @@ def run(cfg: Config, model_path: Path, arch: str, data: str, out: Path, defense_
     stem = out.name[: -len(".safetensors")]
     with StageWriter(out.parent, marker=f"{stem}.report.json") as w:  # the report, written last, vouches for the set
         w.write(out.name, model_bytes(purified, spec, {"stage": "defend", "report": {k: v for k, v in summary.items() if k != "class_scores"}}))
-        w.write(f"{stem}.masks.safetensors", tensors_bytes(report.masks, {"mask_on": report.mask_on, "stage": "defend"}))
-        w.write(f"{stem}.curve.csv", csv_bytes(report.curve))
-        w.write(f"{stem}.curve.png", _curve_png(report))
+        if report.curve:  # a pruning defense's masks and sweep (fine-tuning has neither)
+            w.write(f"{stem}.masks.safetensors", tensors_bytes(report.masks, {"mask_on": report.mask_on, "stage": "defend"}))
+            w.write(f"{stem}.curve.csv", csv_bytes(report.curve))
+            w.write(f"{stem}.curve.png", _curve_png(report))
         w.write(f"{stem}.report.json", json_bytes(summary))
     held = report.clean_images["holdout"]
     acc = f"held-out clean acc {report.holdout_acc_before:.1%} -> {report.holdout_acc_after:.1%} on {held} images, {1 / held:.1%} each"
