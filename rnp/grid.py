@@ -7,6 +7,10 @@ per level of the directory tree, so that upstream outputs are shared:
     results/<dataset>/<attack>/seed<seed>/poison/                    one per data set, attack and seed
     results/<dataset>/<attack>/seed<seed>/<arch>/train/              ... and architecture
     results/<dataset>/<attack>/seed<seed>/<arch>/<defense>/{unlearn,recover,prune}/
+    results/<dataset>/<attack>/seed<seed>/<arch>/<defense>/baseline/     a setting with `defense: anp` or `ft`
+
+A defense setting runs RNP's stages unless it names another registered defense (`defense: anp`),
+which `rnp baseline` then runs on the same model and clean data: the grid's defense axis.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from .errors import RnpError
 from .io import read_json
 from .stages import STAGES
 
-__all__ = ["Cell", "cells", "check_grid", "level_params", "arch_slug", "summary_rows", "summary_markdown", "summary_png"]
+__all__ = ["Cell", "cells", "check_grid", "level_params", "arch_slug", "summary_rows", "summary_markdown", "summary_png", "DEFENSE_KEY", "method"]
+
+DEFENSE_KEY = "defense"  # in a defense setting: the registered defense it runs (default rnp); every other key is a params override
 
 
 def arch_slug(arch: str) -> str:
@@ -38,7 +44,8 @@ class Cell:
     attack: str
     seed: int
     arch: str
-    defense: str
+    defense: str  # the setting's name
+    method: str = "rnp"  # the registered defense it runs
 
     @property
     def poison_dir(self) -> str:
@@ -53,8 +60,13 @@ class Cell:
         return f"{self.train_dir}/{self.defense}"
 
 
+def method(config: dict, setting: str) -> str:
+    """The registered defense a named defense setting runs."""
+    return str((config["defenses"][setting] or {}).get(DEFENSE_KEY, "rnp"))
+
+
 def cells(config: dict) -> list[Cell]:
-    return [Cell(d, a, s, m, name) for d, a, s, m, name in itertools.product(
+    return [Cell(d, a, s, m, name, method(config, name)) for d, a, s, m, name in itertools.product(
         config["datasets"], config["attacks"], config["seeds"], config["archs"], config["defenses"])]
 
 
@@ -62,6 +74,7 @@ def check_grid(config: dict) -> list[Cell]:
     """Everything a job would trip over, before any job runs: names, duplicates, every cell's params."""
     from .attacks import ATTACKS
     from .datasets import DATASETS
+    from .defense import DEFENSES
     from .models import MODELS, TORCHVISION
 
     for key, registry in (("datasets", DATASETS), ("attacks", ATTACKS)):
@@ -70,6 +83,8 @@ def check_grid(config: dict) -> list[Cell]:
     for arch in config["archs"]:
         if not arch.startswith(TORCHVISION):
             MODELS.get(arch)
+    for setting in config["defenses"]:
+        DEFENSES.get(method(config, setting))
     for key in ("datasets", "attacks", "archs", "seeds"):
         seen = [arch_slug(str(v)) for v in config[key]]
         dup = next((v for v in seen if seen.count(v) > 1), None)
@@ -94,7 +109,7 @@ def level_params(base: dict, config: dict, cell: Cell, level: str) -> dict:
         overrides.update(config.get("arch_overrides", {}).get(cell.arch, {}))
         overrides["model.arch"] = cell.arch
     if level == "defense":
-        overrides.update(config["defenses"][cell.defense] or {})
+        overrides.update({k: v for k, v in (config["defenses"][cell.defense] or {}).items() if k != DEFENSE_KEY})
     return with_overrides(base, overrides)
 
 
@@ -104,23 +119,25 @@ def _seconds(benchmark_tsv: Path) -> float:
 
 
 def summary_rows(results: Path, grid: list[Cell], benchmarks: Path) -> list[dict]:
-    """One row per cell: CA/ASR/RA before and after, thresholds, DER, stage seconds."""
+    """One row per cell: CA/ASR/RA before and after, thresholds, DER, stage seconds (a baseline's in defense_s alone)."""
     rows = []
     for c in grid:
-        p = read_json(results / c.defense_dir / "prune" / "metrics.json")
-        u = read_json(results / c.defense_dir / "unlearn" / "metrics.json")
+        rnp = c.method == "rnp"
+        p = read_json(results / c.defense_dir / ("prune" if rnp else "baseline") / "metrics.json")
         row = {
-            "dataset": c.dataset, "attack": c.attack, "arch": c.arch, "seed": c.seed, "defense": c.defense,
+            "dataset": c.dataset, "attack": c.attack, "arch": c.arch, "seed": c.seed, "defense": c.defense, "method": c.method,
             "ca_before": p["ca_before"], "asr_before": p["asr_before"], "ra_before": p["ra_before"],
             "ca_after": p["ca"], "asr_after": p["asr"], "ra_after": p["ra"], "der": p["der"],
             "threshold": p["threshold"], "pruned": p["pruned"],
             "oracle_threshold": p["oracle_threshold"], "oracle_ca": p["oracle_ca"], "oracle_asr": p["oracle_asr"],
-            "asr_bias_refit": p.get("asr_bias_refit"),  # the purified model with its class biases refitted (a check)
-            "unlearn_epochs": u["epochs"],
+            "asr_bias_refit": p.get("asr_bias_refit"),  # the purified model with its class biases refitted (a check; RNP's stages)
+            "unlearn_epochs": read_json(results / c.defense_dir / "unlearn" / "metrics.json")["epochs"] if rnp else None,
         }
         dirs = {"poison": c.poison_dir, "train": c.train_dir}
         for stage in STAGES:
-            row[f"{stage}_s"] = _seconds(benchmarks / dirs.get(stage, c.defense_dir) / f"{stage}.tsv")
+            row[f"{stage}_s"] = _seconds(benchmarks / dirs.get(stage, c.defense_dir) / f"{stage}.tsv") if rnp or stage in dirs else None
+        row["defense_s"] = (sum(row[f"{s}_s"] for s in ("unlearn", "recover", "prune")) if rnp
+                            else _seconds(benchmarks / c.defense_dir / "baseline.tsv"))
         rows.append(row)
     return rows
 
@@ -133,27 +150,33 @@ def summary_markdown(rows: list[dict]) -> str:
     """The paper-style table: before / after RNP per cell, percentages."""
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
     lines = [
-        "| data set | attack | arch | seed | defense | CA before | ASR before | CA after | ASR after | RA after | t | oracle t | DER "
+        "| data set | attack | arch | seed | defense (method) | CA before | ASR before | CA after | ASR after | RA after | t | oracle t | DER "
         "| ASR, class biases refitted | defense s |",
         "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        defense_s = r["unlearn_s"] + r["recover_s"] + r["prune_s"]
         lines.append(
-            f"| {r['dataset']} | {r['attack']} | {r['arch']} | {r['seed']} | {r['defense']} | {pct(r['ca_before'])} | "
+            f"| {r['dataset']} | {r['attack']} | {r['arch']} | {r['seed']} | {r['defense']} ({r['method']}) | {pct(r['ca_before'])} | "
             f"{pct(r['asr_before'])} | {pct(r['ca_after'])} | {pct(r['asr_after'])} | {pct(r['ra_after'])} | "
-            f"{_threshold(r['threshold'])} | {r['oracle_threshold']:.2f} | {r['der']:.3f} | "
-            f"{'—' if r['asr_bias_refit'] is None else pct(r['asr_bias_refit'])} | {defense_s:.1f} |"
+            f"{_threshold(r['threshold'])} | {_threshold(r['oracle_threshold'])} | {r['der']:.3f} | "
+            f"{'—' if r['asr_bias_refit'] is None else pct(r['asr_bias_refit'])} | {r['defense_s']:.1f} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def summary_png(rows: list[dict]) -> bytes:
-    """ASR and CA before and after RNP, averaged per attack (over data sets, archs, seeds, defenses)."""
+    """ASR and CA before and after each defense (method), averaged per attack (over data sets, archs, seeds, settings)."""
     from .plots import bars_png
 
     attacks = sorted({r["attack"] for r in rows})
-    mean = lambda key, a: 100 * sum(r[key] for r in rows if r["attack"] == a) / sum(r["attack"] == a for r in rows)  # noqa: E731
-    series = {label: [mean(key, a) for a in attacks] for label, key in
-              (("CA before", "ca_before"), ("CA after", "ca_after"), ("ASR before", "asr_before"), ("ASR after", "asr_after"))}
-    return bars_png(attacks, series, "RNP per attack: clean accuracy and attack success, before and after (%)")
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+
+    def mean(key: str, attack: str, method: str | None = None) -> float:
+        chosen = [r[key] for r in rows if r["attack"] == attack and method in (None, r["method"])]
+        return 100 * sum(chosen) / len(chosen)
+
+    series = {"CA before": [mean("ca_before", a) for a in attacks]}
+    series |= {f"CA after {m.upper()}": [mean("ca_after", a, m) for a in attacks] for m in methods}
+    series["ASR before"] = [mean("asr_before", a) for a in attacks]
+    series |= {f"ASR after {m.upper()}": [mean("asr_after", a, m) for a in attacks] for m in methods}
+    return bars_png(attacks, series, f"Per attack: clean accuracy and attack success before and after {', '.join(m.upper() for m in methods)} (%)")

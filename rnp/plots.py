@@ -98,11 +98,11 @@ def bars_png(groups: list[str], series: dict[str, list[float]], title: str) -> b
     """Grouped bars: one group per name, one bar per series."""
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(groups) + 2), 3.6))
     width = 0.8 / len(series)
-    colours = ["tab:blue", "tab:cyan", "tab:red", "tab:orange", "tab:green", "tab:grey"]
+    colours = ["tab:blue", "tab:cyan", "tab:red", "tab:orange", "tab:green", "tab:grey", "tab:purple", "tab:brown", "tab:pink", "tab:olive"]
     for i, (label, values) in enumerate(series.items()):
-        ax.bar([g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))], values, width, label=label, color=colours[i % 6])
+        ax.bar([g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))], values, width, label=label, color=colours[i % 10])
     ax.set_xticks(range(len(groups)), groups, rotation=30, fontsize=8)
     ax.set_ylim(0, 105)
-    ax.legend(fontsize=7, ncols=len(series))
+    ax.legend(fontsize=7, ncols=min(len(series), 4))
     ax.set_title(title, fontsize=9)
     return png(fig)

@@ -54,9 +54,12 @@ def project(tmp_path, bin_path):
 def test_paper_grid_plans_every_cell_and_shares_upstream_jobs(project):
     repo, env = project
     paper = yaml.safe_load((ROOT / "workflow/config/paper.yaml").read_text())
-    cells = len(paper["datasets"]) * len(paper["attacks"]) * len(paper["seeds"]) * len(paper["archs"]) * len(paper["defenses"])
+    models = len(paper["datasets"]) * len(paper["attacks"]) * len(paper["seeds"]) * len(paper["archs"])
+    baselines = [name for name, s in paper["defenses"].items() if (s or {}).get("defense", "rnp") != "rnp"]
     counts = job_counts(smk(["-n", "--configfile", "workflow/config/paper.yaml"], repo, env).stdout)
-    assert counts["prune"] == counts["unlearn"] == cells
+    assert sorted(baselines) == ["anp", "ft"]  # the paper's comparison, on the same models
+    assert counts["prune"] == counts["unlearn"] == models * (len(paper["defenses"]) - len(baselines))
+    assert counts["baseline"] == models * len(baselines) and counts["train"] == models
     assert counts["poison"] == len(paper["datasets"]) * len(paper["attacks"]) * len(paper["seeds"])
 
 
@@ -77,7 +80,8 @@ def test_a_grid_of_hundreds_of_cells_plans_with_shared_upstreams(project, tmp_pa
 def test_a_grid_cell_and_dvc_repro_give_identical_metrics_and_the_summary_and_report(project, tmp_path):
     repo, env = project
     # the same params in both: params.yaml as committed, one cell of the grid
-    config = grid(repo)
+    # and the defense axis: ANP and fine-tuning on the same model, beside RNP's stages
+    config = grid(repo, defenses={"default": {}, "anp": {"defense": "anp", "anp.iterations": 20}, "ft": {"defense": "ft", "ft.epochs": 2}})
     smk(["--cores", "2", "--configfile", str(config)], repo, env)
     subprocess.run("git init -q -b main && git add -A && git commit -qm init", shell=True, cwd=repo, env=env, check=True, capture_output=True)
     subprocess.run(["dvc", "repro"], cwd=repo, env=env, check=True, capture_output=True)
@@ -88,11 +92,17 @@ def test_a_grid_cell_and_dvc_repro_give_identical_metrics_and_the_summary_and_re
     assert (cell / "prune/model.safetensors").read_bytes() == (repo / "data/prune/model.safetensors").read_bytes()
 
     rows = (repo / "results/summary.csv").read_text().splitlines()
-    assert len(rows) == 2 and rows[0].startswith("dataset,attack,arch,seed,defense,ca_before")
+    assert len(rows) == 4 and rows[0].startswith("dataset,attack,arch,seed,defense,method,ca_before")
     summary = (repo / "results/summary.md").read_text()
-    assert "| digits | badnets | small_cnn | 0 | default |" in summary
+    assert "| digits | badnets | small_cnn | 0 | default (rnp) |" in summary
     refit = json.loads((cell / "prune/metrics.json").read_text())["asr_bias_refit"]
-    assert summary.splitlines()[2].split(" | ")[-2] == f"{100 * refit:.1f}"  # the bias-refit check reaches the grid's table
+    row = next(line for line in summary.splitlines() if "default (rnp)" in line)
+    assert row.split(" | ")[-2] == f"{100 * refit:.1f}"  # the bias-refit check reaches the grid's table
+    anp = json.loads((cell.parent / "anp/baseline/metrics.json").read_text())
+    prune = json.loads((cell / "prune/metrics.json").read_text())
+    assert anp["defense"] == "anp" and anp["ca_before"] == prune["ca_before"] and anp["holdout_acc_before"] == prune["holdout_acc_before"]
+    assert yaml.safe_load((cell.parent / "anp/baseline/params.yaml").read_text())["anp"]["iterations"] == 20
+    assert "| digits | badnets | small_cnn | 0 | ft (ft) |" in summary and not (cell.parent / "ft/prune").exists()
     assert (repo / "results/summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     smk(["--configfile", str(config), "--report", "report.html"], repo, env)
     html = (repo / "report.html").read_text(errors="replace")
@@ -107,6 +117,7 @@ BAD_CONFIGS = [
     ({"seeds": [0, 0]}, "has non-unique elements"),
     ({"defenses": {"x": {"train.epochs": 3}}}, "train.epochs"),
     ({"fixed": {"prune.thresold": 0.2}}, "unknown key prune.thresold"),
+    ({"defenses": {"x": {"defense": "nad"}}}, "unknown defense 'nad'"),
 ]
 
 
@@ -118,7 +129,7 @@ def test_bad_grid_config_fails_before_any_job(project, fields, message):
     assert not (repo / "results").exists()
 
 
-@pytest.mark.parametrize("fields,message", [BAD_CONFIGS[2], BAD_CONFIGS[6]], ids=["arch", "params-key"])
+@pytest.mark.parametrize("fields,message", [BAD_CONFIGS[2], BAD_CONFIGS[6], BAD_CONFIGS[7]], ids=["arch", "params-key", "defense"])
 def test_check_grid_names_the_problem(fields, message, monkeypatch):
     monkeypatch.chdir(ROOT)
     config = yaml.safe_load(grid(Path(os.environ.get("TMPDIR", "/tmp")), name=f"grid-{os.getpid()}.yaml", **fields).read_text())

@@ -6,7 +6,7 @@
 
 import yaml
 
-from rnp.grid import Cell, level_params
+from rnp.grid import Cell, level_params, method
 
 BASE_PARAMS = yaml.safe_load(Path(config["params"]).read_text())
 POISON = f"{RESULTS}/{{dataset}}/{{attack}}/seed{{seed}}"
@@ -22,7 +22,8 @@ SRC = str(Path(workflow.basedir).parent)  # this checkout: jobs import rnp from 
 
 def get_cell(w) -> Cell:
     arch = ARCHS.get(getattr(w, "arch", ""), config["archs"][0])
-    return Cell(w.dataset, w.attack, int(w.seed), arch, getattr(w, "defense", next(iter(config["defenses"]))))
+    setting = getattr(w, "defense", next(iter(config["defenses"])))
+    return Cell(w.dataset, w.attack, int(w.seed), arch, setting, method(config, setting))
 
 
 def get_params_text(level: str):
@@ -34,5 +35,12 @@ def get_poison_files(names: list[str] = DATA_FILES) -> list[str]:
     return [f"{POISON}/poison/{name}" for name in names]
 
 
+def get_method(w) -> str:
+    """The registered defense a cell's setting runs: rnp (the stages) or a baseline (rule baseline)."""
+    return get_cell(w).method
+
+
 def get_summary_inputs() -> list[str]:
-    return [f"{RESULTS}/{c.defense_dir}/{stage}/metrics.json" for stage in ("prune", "unlearn") for c in GRID]
+    """RNP cells: their prune and unlearn metrics; a baseline's cell: its baseline metrics."""
+    stages = {"rnp": ("prune", "unlearn")}
+    return [f"{RESULTS}/{c.defense_dir}/{stage}/metrics.json" for c in GRID for stage in stages.get(c.method, ("baseline",))]

@@ -1,4 +1,4 @@
-# The five DVC stages, one rule each, calling the same CLI.
+# The five DVC stages, one rule each, calling the same CLI; and `rnp baseline` for a setting that names another defense.
 # Each first writes its params text where its outputs go, then runs `rnp <stage>` (python -m rnp.cli) on it.
 
 
@@ -124,3 +124,28 @@ rule prune:
     shell:
         "printf '%s\\n' {params.text:q} > {output.params} && PYTHONPATH={params.src:q}${{PYTHONPATH:+:$PYTHONPATH}} python -m rnp.cli prune --params {output.params} --poison $(dirname {input.data[0]}) --train $(dirname {input.model}) "
         "--recover $(dirname {input.masks}) --out $(dirname {output.metrics}) > {log} 2>&1"
+
+
+rule baseline:
+    input:
+        data=get_poison_files(),
+        model=f"{TRAIN}/train/model.safetensors",
+    output:
+        params=f"{DEFENSE}/baseline/params.yaml",
+        model=f"{DEFENSE}/baseline/model.safetensors",
+        metrics=f"{DEFENSE}/baseline/metrics.json",
+    params:
+        src=SRC,
+        text=get_params_text("defense"),
+        method=get_method,
+    benchmark:
+        f"{BENCH_DEFENSE}/baseline.tsv"
+    log:
+        f"{DEFENSE}/baseline/log.txt",
+    resources:
+        runtime=120,
+    conda:
+        ENV
+    shell:
+        "printf '%s\\n' {params.text:q} > {output.params} && PYTHONPATH={params.src:q}${{PYTHONPATH:+:$PYTHONPATH}} python -m rnp.cli baseline --defense {params.method} --params {output.params} --poison $(dirname {input.data[0]}) "
+        "--train $(dirname {input.model}) --out $(dirname {output.metrics}) > {log} 2>&1"
