@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .config import DetectionRule, MaskOn, choices, load_config, with_overrides
@@ -57,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--mean", help="normalisation the model was trained with, e.g. 0.4914,0.4822,0.4465 (default: the data's own)")
     d.add_argument("--std", help="e.g. 0.247,0.243,0.261 (default: the data's own)")
     d.add_argument("--defense", default="rnp", help="registered defense (rnp list; default rnp)")
+    d.add_argument("--channels", type=int, choices=(1, 3),
+                   help="read folder images as grey (1) or RGB (3) (default: what the model's first layer takes)")
+    d.add_argument("--classes", help="folder data: the class folders in the model's label order, comma-separated (default: the "
+                                     "folder's classes.txt, else numerical when every name is a number, else by name)")
     d.add_argument("--mask-on", choices=choices(MaskOn), help="what to mask (recover.mask_on): BN (auto picks it when present), norm, conv")
     d.add_argument("--force", action="store_true", help="prune even when no backdoor is detected (prune.force)")
     d.add_argument("--detection", choices=choices(DetectionRule),
@@ -67,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _run(args: argparse.Namespace) -> None:
+def _run(args: argparse.Namespace) -> int | None:
     if args.command == "list":
         from .attacks import ATTACKS
         from .datasets import DATASETS
@@ -101,9 +107,10 @@ def _run(args: argparse.Namespace) -> None:
         cfg = load_config(args.params) if args.params else Config()
         flags = {"recover.mask_on": args.mask_on, "unlearn.detection": args.detection, "prune.force": True if args.force else None}
         cfg = config_from_dict(with_overrides(cfg.to_dict(), {k: v for k, v in flags.items() if v is not None}))
-        defend.run(cfg, args.model, args.arch, args.data, args.out, args.defense_size, args.image_size, args.mean, args.std,
-                   args.min_accuracy, args.defense)
-        return
+        classes = None if args.classes is None else [c.strip() for c in args.classes.split(",") if c.strip()]
+        report = defend.run(cfg, args.model, args.arch, args.data, args.out, args.defense_size, args.image_size, args.mean, args.std,
+                            args.min_accuracy, args.defense, args.channels, classes, args.params)
+        return report.extra["exit_code"]
     cfg = load_config(args.params)
     run_stage(args.command, cfg, {i: getattr(args, i) for i in STAGES[args.command].inputs}, args.out)
 
@@ -113,11 +120,18 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2), already printed
         return int(e.code or 0)
+    previous = signal.signal(signal.SIGTERM, _terminated) if threading.current_thread() is threading.main_thread() else None
     try:
-        _run(args)
+        return _run(args) or 0
     except RnpError as e:  # the user's input: one line, exit 2
         print(f"rnp {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: every file is written atomically, so nothing half-written is left
+        print(f"rnp {args.command}: interrupted; nothing half-written was left", file=sys.stderr)
+        return 130
+    except Terminated:
+        print(f"rnp {args.command}: terminated (SIGTERM); nothing half-written was left", file=sys.stderr)
+        return 143
     except Exception as e:  # a bug of ours, not the user's: one line that says so, exit 1
         if args.debug or os.environ.get(DEBUG_ENV):
             raise
@@ -125,7 +139,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rnp {args.command}: internal error: {type(e).__name__}: {first} (rnp --debug {args.command} ... "
               f"or {DEBUG_ENV}=1 shows the traceback; please report it)", file=sys.stderr)
         return 1
-    return 0
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is, so that open writers remove their temporary files on the way out."""
+
+
+def _terminated(signum, frame) -> None:
+    raise Terminated()
 
 
 if __name__ == "__main__":

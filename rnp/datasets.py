@@ -29,7 +29,7 @@ from .registry import Registry
 
 __all__ = [
     "DATASETS", "load_dataset", "list_datasets",
-    "FASHION_MNIST_DIRS", "channel_stats", "find_idx", "from_numpy_hwc", "pad_to", "read_cifar_batch", "read_idx", "resize",
+    "FASHION_MNIST_DIRS", "channel_stats", "find_idx", "from_numpy_hwc", "image_folder", "pad_to", "read_cifar_batch", "read_idx", "resize",
 ]
 
 DATASETS: Registry = Registry("data set", "data.dataset")
@@ -290,16 +290,15 @@ def svhn(root: str, image_size: int = 32) -> Dataset:
     return _dataset(load("train"), load("test"), 10)
 
 
-def _load_images(samples: list[tuple[str, int]], image_size: int, what: str) -> ImageSet:
-    from PIL import Image, UnidentifiedImageError
+def _load_images(samples: list[tuple[str, int]], image_size: int, what: str, channels: int = 3) -> ImageSet:
+    from .images import read_image
 
     images = []
     for path, _ in samples:
         try:
-            with Image.open(path) as img:
-                images.append(np.asarray(img.convert("RGB").resize((image_size, image_size), Image.BILINEAR)))
-        except (UnidentifiedImageError, OSError) as e:
-            raise RnpError(f"{what}: cannot read image {path} ({e})") from None
+            images.append(read_image(path, image_size, channels))
+        except RnpError as e:
+            raise RnpError(f"{what}: {e}") from None
     return from_numpy_hwc(np.stack(images), [y for _, y in samples])
 
 
@@ -337,7 +336,15 @@ def gtsrb(root: str, image_size: int = 32) -> Dataset:
 @DATASETS.register("folder")
 def folder(root: str, image_size: int = 32) -> Dataset:
     """Any ImageFolder tree at data.root (class per subfolder; optional train/ and test/), resized to data.image_size."""
+    return image_folder(root, image_size)[0]
+
+
+def image_folder(root: str | Path, image_size: int = 32, channels: int = 3, classes: list[str] | None = None) -> tuple[Dataset, list[str], str]:
+    """An ImageFolder tree (class per subfolder; optional train/ and test/) as (data set, class names in label order, how
+    that order was chosen): --classes, else a classes.txt beside the class folders, else numerical or by name."""
     from torchvision.datasets.folder import find_classes, make_dataset
+
+    from .images import CLASSES_FILE, class_order
 
     base = Path(root)
     if not base.is_dir():
@@ -345,11 +352,13 @@ def folder(root: str, image_size: int = 32) -> Dataset:
     split_dirs = base / "train", base / "test"
     top = split_dirs[0] if split_dirs[0].is_dir() else base
     try:
-        classes, index = find_classes(str(top))
+        found, _ = find_classes(str(top))
     except FileNotFoundError:
-        classes, index = [], {}
-    if len(classes) < 2:
-        raise RnpError(f"data.root {top} has {len(classes)} class folder(s); a classifier needs at least 2")
+        found = []
+    if len(found) < 2:
+        raise RnpError(f"data.root {top} has {len(found)} class folder(s); a classifier needs at least 2")
+    names, how = class_order(found, classes, next((d / CLASSES_FILE for d in (top, base) if (d / CLASSES_FILE).is_file()), None))
+    index = {name: i for i, name in enumerate(names)}
 
     def load(where: Path) -> ImageSet:
         try:
@@ -358,7 +367,7 @@ def folder(root: str, image_size: int = 32) -> Dataset:
             raise RnpError(f"data.root {where}: {e}") from None
         if not samples:
             raise RnpError(f"data.root {where} has no images ({', '.join(IMAGE_EXTENSIONS)})")
-        return _load_images(samples, image_size, "folder")
+        return _load_images(samples, image_size, "folder", channels)
 
     test = load(split_dirs[1]) if top is split_dirs[0] and split_dirs[1].is_dir() else None
-    return _dataset(load(top), test, len(classes))
+    return _dataset(load(top), test, len(names)), names, how

@@ -129,7 +129,7 @@ def test_a_pickled_model_is_refused_and_never_executed(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case,message", [
-    ("wrong_arch", "weights do not match the architecture (missing"),
+    ("wrong_arch", "weights do not match --arch resnet18 (122 of its keys missing, 26 unexpected; found e.g. features.0.0.weight"),
     ("wrong_classes", "layer classifier.weight has shape (5, 128), architecture expects (10, 128)"),
     ("wrong_channels", "layer features.0.0.weight has shape (32, 3, 3, 3), architecture expects (32, 1, 3, 3)"),
     ("truncated", "is not a PyTorch state dict or safetensors file"),
@@ -156,6 +156,7 @@ def test_bad_model_files_are_one_clear_line(tmp_path, capsys, case, message):
     assert main(["defend", "--model", str(path), "--arch", arch, "--data", "digits", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
+    assert case != "wrong_arch" or err.endswith("its keys fit --arch small_cnn")  # the closest registered architecture
     assert not (tmp_path / "out").exists()
 
 
@@ -168,7 +169,7 @@ def test_too_little_clean_data_is_refused():
         defend(model, CleanData(images, torch.arange(12) % 9, (0.5,), (0.2,), 10), DefendOptions(Config()))
 
 
-def test_folder_data_with_the_wrong_channel_count_is_named(tmp_path, capsys):
+def test_channels_that_disagree_with_the_models_first_layer_are_named(tmp_path, capsys):
     from PIL import Image
 
     for c in ("a", "b"):
@@ -179,8 +180,9 @@ def test_folder_data_with_the_wrong_channel_count_is_named(tmp_path, capsys):
 
     save_file(create_model(ModelSpec("small_cnn", 2, (1, 8, 8), (0.5,), (0.2,))).state_dict(), str(path))
     assert main(["defend", "--model", str(path), "--arch", "small_cnn", "--data", str(tmp_path / "clean"), "--image-size", "8",
-                 "--out", str(tmp_path / "o.safetensors")]) == 2
-    assert "architecture expects (32, 3, 3, 3)" in capsys.readouterr().err
+                 "--out", str(tmp_path / "o.safetensors"), "--channels", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("--channels 3: the model's first layer takes 1-channel images") and len(err.splitlines()) == 1
 
 
 def test_speed_benchmark_runs_on_a_tiny_workload(capsys):
@@ -194,8 +196,11 @@ def test_speed_benchmark_runs_on_a_tiny_workload(capsys):
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--std", "0"], "--std must be finite and > 0, got '0'"),
-    (["--mean", "nan"], "--mean must be finite, got 'nan'"),
+    (["--mean", "0.5", "--std", "0"], "--std must be finite and > 0, got '0'"),
+    (["--mean", "nan", "--std", "0.2"], "--mean must be finite, got 'nan'"),
+    (["--mean", "0.5"], "--mean needs --std too"),
+    (["--std", "0.5"], "--std needs --mean too"),
+    (["--channels", "2"], "argument --channels: invalid choice: 2"),
     (["--defense-size", "-5"], "--defense-size must be >= 1, got -5"),
     (["--image-size", "0"], "--image-size must be >= 1, got 0"),
     (["--detection", "vote"], "argument --detection: invalid choice: 'vote'"),
@@ -214,14 +219,14 @@ def test_an_unwritable_out_folder_is_named_before_any_work(tmp_path, capsys):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     assert main(["defend", "--model", "m.safetensors", "--arch", "small_cnn", "--data", "digits", "--out", str(locked / "x.safetensors")]) == 2
-    assert "is not a writable folder" in capsys.readouterr().err
+    assert "cannot write in" in capsys.readouterr().err
 
 
 def test_an_out_path_under_a_file_is_named_before_any_work(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     out = tmp_path / "afile" / "sub" / "x.safetensors"
     assert main(["defend", "--model", "m.safetensors", "--arch", "small_cnn", "--data", "digits", "--out", str(out)]) == 2
-    assert f"--out {out}: {tmp_path / 'afile'} is not a writable folder" in capsys.readouterr().err
+    assert f"--out {out}: {tmp_path / 'afile'} is not a folder" in capsys.readouterr().err
 
 
 def test_mask_on_bn_for_a_model_without_bn_is_named_before_unlearning(tmp_path, capsys):

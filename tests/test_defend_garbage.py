@@ -1,5 +1,5 @@
-"""Generated garbage at `rnp defend`: model files, image folders and flags. Exit 0, or exit 2 with one line;
-never a traceback or an internal error, and the inputs are never changed."""
+"""Generated garbage at `rnp defend`: model files, image folders and flags. A verdict (exit 0, 3 or 4), or exit 2 with
+one line; never a traceback or an internal error, and the inputs are never changed."""
 
 import hashlib
 import io
@@ -75,8 +75,8 @@ def _digest(root: Path) -> dict[str, str]:
 @pytest.mark.filterwarnings("ignore")
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(model=MODEL_FILES, folder=FOLDERS, flags=FLAGS)
-@example(model="good", folder={"cat": [_png((8, 8), "RGB")] * 16, "dog": [_png((9, 7), "L")] * 16}, flags={})  # accepted: exit 0
-def test_garbage_in_is_exit_0_or_one_line_exit_2_and_inputs_unchanged(tmp_path_factory, capsys, model, folder, flags):
+@example(model="good", folder={"cat": [_png((8, 8), "RGB")] * 16, "dog": [_png((9, 7), "L")] * 16}, flags={})  # accepted: a verdict
+def test_garbage_in_is_a_verdict_or_one_line_exit_2_and_inputs_unchanged(tmp_path_factory, capsys, model, folder, flags):
     tmp = tmp_path_factory.mktemp("garbage")
     inputs = tmp / "in"
     (inputs / "clean").mkdir(parents=True)
@@ -97,10 +97,12 @@ def test_garbage_in_is_exit_0_or_one_line_exit_2_and_inputs_unchanged(tmp_path_f
     capsys.readouterr()
     code = main(argv)
     err = capsys.readouterr().err.strip()
-    assert code in (0, 2), err
+    assert code in (0, 2, 3, 4), err
     if code == 2:
         assert len(err.splitlines()) == 1 and err.startswith("rnp defend: error: "), err
         assert not out.exists()
-    else:
-        assert out.exists() and (out.parent / "purified.report.json").exists()
+    else:  # purified (0) writes the model; "no evidence" (3) and "not removed" (4) leave it unwritten: it did not change
+        report = json.loads((out.parent / "purified.report.json").read_text())
+        assert out.exists() == (code == 0) and report["exit_code"] == code
+        assert not report.get("backdoor_suspected") or report["clean_acc"] >= 0.6  # a model near chance is never called backdoored
     assert _digest(inputs) == before

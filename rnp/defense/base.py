@@ -150,7 +150,7 @@ def weak_model_message(acc: float, n: int, num_classes: int, min_accuracy: float
     return (
         f"the model scores {acc:.0%} on the {n} clean images (chance: {1 / num_classes:.0%}; rnp defend needs >= {min_accuracy:.0%}), "
         f"so it is not the model as it was trained. Likely causes: the normalisation ({normalisation}; pass the model's --mean/--std), "
-        f"the class order (folder names sort as strings: 1, 10, 2, ...), or the wrong --arch"
+        f"the class order (give it with --classes or a classes.txt), the image size (--image-size), or the wrong --arch"
     )
 
 

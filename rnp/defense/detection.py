@@ -16,7 +16,7 @@ from torch import nn
 from ..data import DeviceData
 
 __all__ = ["Detection", "detect_target", "emerged_alone", "probe_predictions", "sink_scores", "no_evidence_message",
-           "DETECTION_THRESHOLD", "COLLAPSED", "EMERGE_LEVEL", "EMERGE_LEAD"]
+           "DETECTION_THRESHOLD", "COLLAPSED", "EMERGE_LEVEL", "EMERGE_LEAD", "NEAR_CHANCE"]
 
 # A model is called backdoored when unlearning collapses it (running clean accuracy <= COLLAPSED)
 # and the collapsed model sends at least DETECTION_THRESHOLD of other classes' clean images to one
@@ -31,6 +31,9 @@ COLLAPSED = 0.3
 # benchmark in docs/levers.md, "Detection rules").
 EMERGE_LEVEL = 0.10
 EMERGE_LEAD = 2.0
+# A model within this of chance on the clean images (1 / classes) never learnt them: any model collapses under
+# unlearning then, so a collapse says nothing about a backdoor, whatever --min-accuracy let through.
+NEAR_CHANCE = 0.10
 
 
 @dataclass(frozen=True)
@@ -42,11 +45,16 @@ class Detection:
     rule: str = "collapse"  # unlearn.detection
     emerged: bool = True  # the target led alone when the collapse began (what rule "emergent" adds)
     history: list[list[float]] = field(default_factory=list)  # `scores` after each unlearning epoch (rule "emergent" only)
+    start_acc: float | None = None  # the model's clean accuracy before unlearning (None: not measured)
+
+    @property
+    def near_chance(self) -> bool:
+        return self.start_acc is not None and self.start_acc < 1 / len(self.scores) + NEAR_CHANCE
 
     @property
     def backdoored(self) -> bool:
         collapsed = self.unlearned_acc <= COLLAPSED and self.score >= DETECTION_THRESHOLD
-        return collapsed and (self.rule == "collapse" or self.emerged)
+        return collapsed and (self.rule == "collapse" or self.emerged) and not self.near_chance
 
     def to_json(self) -> dict:
         """The keys report.json and the unlearn stage's metrics carry."""
@@ -81,7 +89,7 @@ def probe_predictions(model: nn.Module, clean: DeviceData) -> torch.Tensor:
 
 
 def detect_target(unlearned: nn.Module, clean: DeviceData, num_classes: int, unlearned_acc: float = 0.0,
-                  history: list[list[float]] | None = None, rule: str = "collapse") -> Detection:
+                  history: list[list[float]] | None = None, rule: str = "collapse", start_acc: float | None = None) -> Detection:
     """Unlearning a backdoored model sends clean images to the backdoor target: find that class.
 
     Predictions use batch statistics (train-mode BN), as unlearning itself saw the data;
@@ -91,10 +99,13 @@ def detect_target(unlearned: nn.Module, clean: DeviceData, num_classes: int, unl
     scores = sink_scores(probe_predictions(unlearned, clean), clean.labels, num_classes)
     target = max(range(num_classes), key=lambda c: scores[c])
     emerged = emerged_alone(history if history is not None else [scores], target)
-    return Detection(target, scores[target], scores, unlearned_acc, rule, emerged, list(history or []))
+    return Detection(target, scores[target], scores, unlearned_acc, rule, emerged, list(history or []), start_acc)
 
 
 def no_evidence_message(d: Detection) -> str:
+    if d.near_chance:
+        return (f"no evidence of a backdoor: the model scores {d.start_acc:.0%} on the clean images, near chance "
+                f"({1 / len(d.scores):.0%}), and unlearning collapses such a model whether or not it has one")
     if d.rule == "emergent" and not d.emerged and d.unlearned_acc <= COLLAPSED and d.score >= DETECTION_THRESHOLD:
         return (f"no evidence of a backdoor (unlearning sends {d.score:.0%} of other classes' images to class {d.target}, "
                 f"but that class did not lead alone when the collapse began, as look-alike classes do)")

@@ -49,8 +49,9 @@ def unlearn_step(model: nn.Module, fit: DeviceData, every: DeviceData, cfg: Conf
         if on_epoch is not None:
             on_epoch(epoch, stats, m)
 
+    start_acc = accuracy(model, every)
     unlearned, epochs = unlearn(model, fit, cfg.unlearn, cfg.augment, seeded_generator(cfg.seed), epoch_done)
-    return Unlearned(unlearned, epochs, detect_target(unlearned, every, num_classes, last["acc"], history, cfg.unlearn.detection))
+    return Unlearned(unlearned, epochs, detect_target(unlearned, every, num_classes, last["acc"], history, cfg.unlearn.detection, start_acc))
 
 
 def recover_step(unlearned: nn.Module, fit: DeviceData, cfg: Config,

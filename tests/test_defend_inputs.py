@@ -1,0 +1,192 @@
+"""The files users really have, at `rnp defend`: images in every mode Pillow reads, class orders, training checkpoints,
+an output that would overwrite an input, a verdict a script can act on, and a clean stop."""
+
+import io
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageOps
+
+from rnp.cli import main
+from rnp.errors import RnpError
+from rnp.images import class_order, read_image
+from rnp.models import load_model
+
+from .conftest import default_params
+
+MODES = ["L", "RGB", "RGBA", "LA", "P", "P-transparent", "CMYK", "1", "I;16", "F"]
+
+
+def _image(mode: str, w: int, h: int, seed: int, orientation: int) -> tuple[bytes, Image.Image]:
+    """An image of `mode` as file bytes (PNG, or TIFF where PNG cannot hold the mode), with an EXIF orientation tag."""
+    rng = np.random.default_rng(seed)
+    if mode == "I;16":
+        img = Image.fromarray(rng.integers(0, 65536, (h, w), dtype=np.uint16))
+    elif mode == "F":
+        img = Image.fromarray(rng.random((h, w), dtype=np.float32))
+    else:
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        if mode == "P-transparent":
+            img = img.convert("P")
+            img.info["transparency"] = 0
+        else:
+            img = img.convert(mode)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    tiff = mode in ("CMYK", "F")
+    img.save(buf, format="TIFF" if tiff else "PNG", exif=exif.tobytes(), **({} if tiff else {"optimize": False}))
+    return buf.getvalue(), Image.open(io.BytesIO(buf.getvalue()))
+
+
+def _reference(img: Image.Image, size: int, channels: int) -> np.ndarray:
+    """Pillow's own conversions; 16-bit and float pixels scaled to 8 bits (Pillow's convert would clip them)."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I"):
+        img = Image.fromarray(((np.asarray(img).astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8))
+    elif img.mode == "F":
+        img = Image.fromarray(np.rint(np.asarray(img, dtype=np.float64) * 255).clip(0, 255).astype(np.uint8))
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA")
+    img = img.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
+    return np.asarray(img).reshape(size, size, channels)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mode=st.sampled_from(MODES), w=st.integers(1, 9), h=st.integers(1, 9), size=st.integers(1, 10), channels=st.sampled_from([1, 3]),
+       orientation=st.integers(1, 8), seed=st.integers(0, 2**16))
+def test_every_image_mode_loads_as_pillows_own_conversion_upright(tmp_path, mode, w, h, size, channels, orientation, seed):
+    data, img = _image(mode, w, h, seed, orientation)
+    path = tmp_path / "x.img"
+    path.write_bytes(data)
+    got = read_image(path, size, channels)
+    assert got.dtype == np.uint8 and got.shape == (size, size, channels)
+    assert np.array_equal(got, _reference(img, size, channels))
+
+
+def test_a_16_bit_image_is_scaled_not_clipped_and_exif_orientation_is_applied(tmp_path):
+    wide = np.array([[0, 257, 32768, 65535]], dtype=np.uint16)
+    Image.fromarray(wide).save(tmp_path / "deep.png")
+    assert read_image(tmp_path / "deep.png", 4, 1)[0, :, 0].tolist() == [0, 1, 128, 255]  # convert("L") gives 0, 255, 255, 255
+    tall = np.zeros((4, 2, 3), np.uint8)
+    tall[0, 0] = 255  # a white top-left pixel
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to view"
+    Image.fromarray(tall).save(tmp_path / "photo.png", exif=exif.tobytes())
+    upright = read_image(tmp_path / "photo.png", 4, 3)  # resized to 4x4 after the turn: the white corner is now top-right
+    assert upright[0, -1].tolist() == [255, 255, 255] and upright[0, 0].tolist() != [255, 255, 255]
+
+
+def test_class_order_is_given_read_from_classes_txt_numerical_or_by_name(tmp_path):
+    assert class_order(["10", "2", "1"], None, None) == (["1", "2", "10"], "numerical (every folder name is a number)")
+    assert class_order(["trouser", "tshirt"], None, None)[0] == ["trouser", "tshirt"]
+    assert class_order(["trouser", "tshirt"], ["tshirt", "trouser"], None) == (["tshirt", "trouser"], "as given (--classes)")
+    (tmp_path / "classes.txt").write_text("tshirt\ntrouser\n")
+    assert class_order(["trouser", "tshirt"], None, tmp_path / "classes.txt")[0] == ["tshirt", "trouser"]
+    with pytest.raises(RnpError, match=r"does not match the class folders \(folders not in it: trouser; in it but no folder: pants\)"):
+        class_order(["trouser", "tshirt"], ["tshirt", "pants"], None)
+    with pytest.raises(RnpError, match="names a class twice"):
+        class_order(["a", "b"], ["a", "a", "b"], None)
+
+
+def _digits_folder(default_run, root, names):
+    """The default run's 300 clean digits as a folder of grey PNGs, class k in folder names[k]."""
+    from rnp.datafiles import load_imageset
+
+    _, root_dir, _ = default_run
+    for part in ("defense", "holdout"):
+        images, _, _ = load_imageset(root_dir / "poison" / f"{part}.safetensors")
+        for i, (x, y) in enumerate(zip(images.images, images.labels)):
+            (root / names[int(y)]).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(x[0].numpy()).save(root / names[int(y)] / f"{part}{i}.png")
+
+
+def _fast_params(tmp_path, **sections):
+    params = default_params()
+    for section, values in sections.items():
+        params[section].update(values)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return str(tmp_path / "params.yaml")
+
+
+def test_a_lightning_checkpoint_and_a_grey_folder_with_its_class_order_are_defended(default_run, tmp_path, capsys):
+    cfg, root, _ = default_run
+    model, _, _ = load_model(root / "train/model.safetensors")
+    ckpt = tmp_path / "epoch=29-step=120.ckpt"  # PyTorch Lightning's layout: weights under state_dict, each key prefixed model.
+    torch.save({"epoch": 29, "global_step": 120, "pytorch-lightning_version": "2.4.0", "hyper_parameters": {"lr": 0.05},
+                "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "optimizer_states": []}, ckpt)
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]  # sorted by name, the order is wrong
+    _digits_folder(default_run, tmp_path / "clean", names)
+    (tmp_path / "clean" / "classes.txt").write_text("\n".join(names))
+    out = tmp_path / "out" / "p.safetensors"
+    args = ["defend", "--model", str(ckpt), "--arch", "small_cnn", "--data", str(tmp_path / "clean"), "--image-size", "8", "--out", str(out)]
+    code = main(args)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads((tmp_path / "out/p.report.json").read_text())
+    assert report["images"]["classes"] == names and report["images"]["class_order"].startswith("from ")
+    assert report["images"]["channels"] == 1 and report["images"]["count"] == 300 and 0 < report["images"]["mean"][0] < 1
+    assert report["exit_code"] == 0 and report["backdoor_suspected"] and report["clean_acc"] > 0.9
+    assert "classes in label order (from " in captured.out and "wrote p.safetensors, p.masks.safetensors" in captured.out
+    assert "clean accuracy" in captured.out and "(exit 0)" in captured.out
+
+
+def test_nothing_pruned_is_a_verdict_of_its_own_and_the_unchanged_model_is_not_written(default_run, tmp_path, capsys):
+    _, root, _ = default_run
+    out = tmp_path / "out" / "p.safetensors"
+    base = ["defend", "--model", str(root / "train/model.safetensors"), "--arch", "small_cnn", "--data", "digits", "--image-size", "8",
+            "--defense-size", "300", "--out", str(out)]
+    # suspected, but the sweep may prune no channel at all: nothing is pruned
+    assert main([*base, "--params", _fast_params(tmp_path, prune={"sweep": "number", "max_number": 0})]) == 4
+    report = json.loads((tmp_path / "out/p.report.json").read_text())
+    assert report["backdoor_suspected"] and report["pruned"] == 0 and report["exit_code"] == 4 and not out.exists()
+    assert "BACKDOOR SUSPECTED, NOT REMOVED" in capsys.readouterr().out
+    out.parent.joinpath("p.safetensors").write_bytes(b"an earlier run's purified model")
+    # a model unlearning cannot collapse in one epoch at a tiny rate: no evidence; the earlier file goes, not left to contradict it
+    assert main([*base, "--params", _fast_params(tmp_path, unlearn={"max_epochs": 1, "lr": 1e-6})]) == 3
+    report = json.loads((tmp_path / "out/p.report.json").read_text())
+    assert not report["backdoor_suspected"] and report["exit_code"] == 3 and not out.exists()
+    assert "model unchanged (no evidence of a backdoor), not written" in capsys.readouterr().out
+
+
+def test_an_output_that_is_an_input_by_any_spelling_is_refused_before_work(default_run, tmp_path, capsys):
+    _, root, _ = default_run
+    model = tmp_path / "model.safetensors"
+    model.write_bytes((root / "train/model.safetensors").read_bytes())
+    before = model.read_bytes()
+    (tmp_path / "link").symlink_to(tmp_path)
+    _digits_folder(default_run, tmp_path / "clean", [str(k) for k in range(10)])
+    for out, what in ((tmp_path / "link" / "." / "model.safetensors", "over the input"),
+                      (tmp_path / "clean" / "p.safetensors", "inside the input")):
+        args = ["defend", "--model", str(model), "--arch", "small_cnn", "--data", str(tmp_path / "clean"), "--image-size", "8", "--out", str(out)]
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert what in err and len(err.splitlines()) == 1
+    assert model.read_bytes() == before and not (tmp_path / "clean" / "p.safetensors").exists()
+
+
+@pytest.mark.parametrize("signum,code,said", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+def test_ctrl_c_or_sigterm_mid_write_is_one_line_and_leaves_nothing_half_written(default_run, tmp_path, capsys, monkeypatch, signum, code, said):
+    import rnp.stages.defend as stage
+
+    _, root, _ = default_run
+
+    def stop(report):  # the signal arrives while the output files are being written: the model's is already in a temp file
+        os.kill(os.getpid(), signum)
+        raise AssertionError("the signal should have stopped the run")
+
+    monkeypatch.setattr(stage, "_curve_png", stop)
+    out = tmp_path / "out" / "p.safetensors"
+    assert main(["defend", "--model", str(root / "train/model.safetensors"), "--arch", "small_cnn", "--data", "digits", "--image-size", "8",
+                 "--defense-size", "300", "--out", str(out)]) == code
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and said in err
+    assert list((tmp_path / "out").iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
