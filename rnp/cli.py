@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--mean", help="normalisation the model was trained with, e.g. 0.4914,0.4822,0.4465 (default: the data's own)")
     d.add_argument("--std", help="e.g. 0.247,0.243,0.261 (default: the data's own)")
     d.add_argument("--defense", default="rnp", help="registered defense (rnp list; default rnp)")
+    d.add_argument("--export", action="append", choices=("onnx",), default=[],
+                   help="also write the purified model as ONNX (checked with onnxruntime against PyTorch on the clean images)")
     d.add_argument("--channels", type=int, choices=(1, 3),
                    help="read folder images as grey (1) or RGB (3) (default: what the model's first layer takes)")
     d.add_argument("--classes", help="folder data: the class folders in the model's label order, comma-separated (default: the "
@@ -109,7 +111,7 @@ def _run(args: argparse.Namespace) -> int | None:
         cfg = config_from_dict(with_overrides(cfg.to_dict(), {k: v for k, v in flags.items() if v is not None}))
         classes = None if args.classes is None else [c.strip() for c in args.classes.split(",") if c.strip()]
         report = defend.run(cfg, args.model, args.arch, args.data, args.out, args.defense_size, args.image_size, args.mean, args.std,
-                            args.min_accuracy, args.defense, args.channels, classes, args.params)
+                            args.min_accuracy, args.defense, args.channels, classes, args.params, args.export)
         return report.extra["exit_code"]
     cfg = load_config(args.params)
     run_stage(args.command, cfg, {i: getattr(args, i) for i in STAGES[args.command].inputs}, args.out)

@@ -75,13 +75,13 @@ def check_grid(config: dict) -> list[Cell]:
     from .attacks import ATTACKS
     from .datasets import DATASETS
     from .defense import DEFENSES
-    from .models import MODELS, TORCHVISION
+    from .models import MODELS, OPEN_ENDED
 
     for key, registry in (("datasets", DATASETS), ("attacks", ATTACKS)):
         for name in config[key]:
             registry.get(name)
     for arch in config["archs"]:
-        if not arch.startswith(TORCHVISION):
+        if not arch.startswith(OPEN_ENDED):
             MODELS.get(arch)
     for setting in config["defenses"]:
         DEFENSES.get(method(config, setting))

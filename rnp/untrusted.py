@@ -15,7 +15,7 @@ from torch import nn
 
 from .errors import RnpError
 from .io import load_tensors
-from .models import TORCHVISION, ModelSpec, create_model, list_models, load_state
+from .models import OPEN_ENDED, TORCHVISION, ModelSpec, create_model, list_models, load_state
 
 __all__ = ["read_state_dict", "load_untrusted", "strip_wrappers", "first_layer_channels", "closest_architecture", "WRAPPER_PREFIXES"]
 
@@ -78,17 +78,20 @@ def first_layer_channels(state: dict[str, torch.Tensor], arch: str) -> int | Non
 
 
 def closest_architecture(state: dict[str, torch.Tensor], spec: ModelSpec) -> str | None:
-    """The registered architecture (or torchvision:<arch>) whose state-dict keys overlap the file's most, if any does well."""
-    candidates = [*list_models(), *([f"{TORCHVISION}{spec.arch}"] if not spec.arch.startswith(TORCHVISION) else [])]
+    """The registered architecture (or torchvision:/timm:<arch>) whose state dict has most of the file's keys, by name and
+    shape, if one has over half."""
+    bare = spec.arch.split(":", 1)[-1]
+    candidates = [*list_models(), *(f"{prefix}{bare}" for prefix in OPEN_ENDED)]  # e.g. --arch resnet18 for a torchvision or timm file
     best, best_score = None, 0.5
     for name in candidates:
         if name == spec.arch:
             continue
         try:
-            keys = set(create_model(ModelSpec(name, spec.num_classes, spec.input_shape, spec.mean, spec.std)).state_dict())
-        except RnpError:
+            theirs = create_model(ModelSpec(name, spec.num_classes, spec.input_shape, spec.mean, spec.std)).state_dict()
+        except RnpError:  # not a model of that library, or the library is not installed
             continue
-        score = len(keys & set(state)) / len(keys | set(state))
+        fits = sum(k in state and state[k].shape == v.shape for k, v in theirs.items())  # same name and shape
+        score = fits / len(set(theirs) | set(state))
         if score > best_score:
             best, best_score = name, score
     return best

@@ -190,3 +190,83 @@ def test_ctrl_c_or_sigterm_mid_write_is_one_line_and_leaves_nothing_half_written
     assert len(err.splitlines()) == 1 and said in err
     assert list((tmp_path / "out").iterdir()) == []
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+
+
+@pytest.fixture(scope="module")
+def timm_model_file(tmp_path_factory):
+    """A backdoored timm ResNet trained outside rnp, saved as timm's own plain state dict (.pth)."""
+    from rnp.config import AugmentParams
+    from rnp.data import DeviceData
+    from rnp.datasets import load_dataset
+    from rnp.models import ModelSpec, create_model
+    from rnp.poisoning import poison
+    from rnp.training import run_epoch, seeded_generator
+
+    from .conftest import make_config
+
+    cfg = make_config()
+    ds = load_dataset("digits")
+    pd = poison(ds, cfg.data, cfg.attack, 0)
+    torch.manual_seed(0)
+    net = create_model(ModelSpec("timm:resnet10t", 10, (1, 8, 8), ds.mean, ds.std))
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(4):
+        run_epoch(net, DeviceData(pd.train, ds.mean, ds.std, torch.device("cpu")), opt, 64, seeded_generator(0), AugmentParams())
+    path = tmp_path_factory.mktemp("timm") / "resnet10t.pth"
+    torch.save(net.state_dict(), path)
+    return path, ds
+
+
+def test_a_timm_model_is_defended_through_the_command_and_exported_to_onnx_that_onnxruntime_agrees_with(timm_model_file, tmp_path, capsys):
+    import onnxruntime as ort
+
+    path, ds = timm_model_file
+    out = tmp_path / "out" / "p.safetensors"
+    args = ["defend", "--model", str(path), "--arch", "timm:resnet10t", "--data", "digits", "--defense-size", "300", "--image-size", "8",
+            "--out", str(out), "--export", "onnx", "--force"]
+    code = main(args)
+    captured = capsys.readouterr()
+    assert code == 0, captured.out + captured.err
+    report = json.loads((tmp_path / "out/p.report.json").read_text())
+    assert report["mask_on"] == "bn" and report["pruned"] > 0 and report["clean_acc"] > 0.6
+    purified, spec, _ = load_model(out)
+    assert spec.arch == "timm:resnet10t"
+    plain = torch.load(tmp_path / "out/p.pt", weights_only=True)  # the input's format: a plain state dict
+    assert plain.keys() == purified.state_dict().keys() and all(torch.equal(plain[k], v) for k, v in purified.state_dict().items())
+    x = torch.randn(5, 1, 8, 8)
+    session = ort.InferenceSession(str(tmp_path / "out/p.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(session.run(None, {"images": x.numpy()})[0]), purified.eval()(x), atol=1e-4)
+    assert "p.onnx" in captured.out
+
+
+def test_a_timm_name_that_does_not_exist_and_a_model_onnx_cannot_express_are_one_line_before_any_work(timm_model_file, tmp_path, capsys,
+                                                                                                     monkeypatch):
+    path, _ = timm_model_file
+    out = tmp_path / "out" / "p.safetensors"
+    base = ["defend", "--model", str(path), "--data", "digits", "--image-size", "8", "--out", str(out)]
+    assert main([*base, "--arch", "timm:resnet10q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown timm model 'resnet10q'" in err and len(err.splitlines()) == 1
+
+    def cannot(*args, **kwargs):
+        raise RuntimeError("Exporting the operator 'aten::fancy' to ONNX opset version 17 is not supported")
+
+    monkeypatch.setattr(torch.onnx, "export", cannot)
+    assert main([*base, "--arch", "timm:resnet10t", "--export", "onnx"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("--export onnx: the model cannot be expressed in ONNX (RuntimeError: Exporting the operator 'aten::fancy' "
+                        "to ONNX opset version 17 is not supported)") and len(err.splitlines()) == 1
+    assert not out.parent.exists()
+
+
+def test_a_file_with_another_librarys_keys_names_the_architecture_they_fit(tmp_path, capsys):
+    from rnp.models import ModelSpec, create_model
+
+    path = tmp_path / "resnet18.pth"  # timm's ResNet-18 for grey images, given as rnp's own resnet18
+    torch.save(create_model(ModelSpec("timm:resnet18", 10, (1, 8, 8), (0.5,), (0.2,))).state_dict(), path)
+    assert main(["defend", "--model", str(path), "--arch", "resnet18", "--data", "digits", "--image-size", "8",
+                 "--out", str(tmp_path / "p.safetensors")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "weights do not match --arch resnet18" in err and len(err.splitlines()) == 1
+    assert err.endswith("its keys fit --arch timm:resnet18"), err  # torchvision's has the same names, but a 3-channel stem

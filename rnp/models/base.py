@@ -17,10 +17,12 @@ from ..errors import RnpError
 from ..io import load_tensors, tensors_bytes
 from ..registry import Registry
 
-__all__ = ["MODELS", "ModelSpec", "create_model", "list_models", "model_bytes", "load_model", "load_state", "torchvision_classifier"]
+__all__ = ["MODELS", "ModelSpec", "create_model", "list_models", "model_bytes", "load_model", "load_state", "torchvision_classifier",
+           "timm_classifier", "timm_normalisation", "TORCHVISION", "TIMM", "OPEN_ENDED"]
 
 MODELS: Registry = Registry("architecture", "model.arch", {
     "torchvision:<name>": "Any torchvision classifier by name, e.g. torchvision:resnet50 (random init, classes from the data set)",
+    "timm:<name>": "Any timm model by name, e.g. timm:resnet18 (pip install timm; random init, classes and channels from the data)",
 })
 
 
@@ -34,12 +36,16 @@ class ModelSpec:
 
 
 TORCHVISION = "torchvision:"
+TIMM = "timm:"
+OPEN_ENDED = (TORCHVISION, TIMM)  # architecture prefixes looked up in their library, not in MODELS
 
 
 def create_model(spec: ModelSpec) -> nn.Module:
     """Build `spec.arch` for the data set's classes and channels, and check it can take the data set's images."""
     if spec.arch.startswith(TORCHVISION):
         model = torchvision_classifier(spec.arch[len(TORCHVISION) :], spec.num_classes, spec.input_shape[0])
+    elif spec.arch.startswith(TIMM):
+        model = timm_classifier(spec.arch[len(TIMM) :], spec.num_classes, spec.input_shape[0])
     else:
         model = MODELS.get(spec.arch)(num_classes=spec.num_classes, in_channels=spec.input_shape[0])
     _check_input(model, spec)
@@ -79,6 +85,32 @@ def torchvision_classifier(name: str, num_classes: int, in_channels: int) -> nn.
     if in_channels == 1:
         net.register_forward_pre_hook(repeat_grey)
     return net
+
+
+def _timm():
+    try:
+        import timm
+    except ImportError:
+        raise RnpError("model.arch timm:<name> needs timm (pip install timm, or pip install 'rnp[formats]')") from None
+    return timm
+
+
+def timm_classifier(name: str, num_classes: int, in_channels: int) -> nn.Module:
+    """A timm model by name, randomly initialised for the data's classes and channels (timm adapts the stem itself)."""
+    timm = _timm()
+    if not timm.is_model(name):
+        close = ", ".join(timm.list_models(f"*{name[:4]}*")[:5])
+        raise RnpError(f"unknown timm model {name!r} in model.arch{f' (close: {close})' if close else ''} (see timm.list_models())")
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+
+
+def timm_normalisation(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The mean and std of timm's pretrained config for `arch` (None: not a timm architecture)."""
+    if not arch.startswith(TIMM):
+        return None
+    timm = _timm()
+    config = timm.data.resolve_data_config({}, model=timm.create_model(arch[len(TIMM):], pretrained=False))
+    return tuple(config["mean"]), tuple(config["std"])
 
 
 def list_models() -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import tempfile
@@ -19,7 +20,7 @@ from ..defense.recover import MASK_ON
 from ..errors import RnpError
 from ..io import StageWriter, csv_bytes, json_bytes, tensors_bytes
 from ..metrics import accuracy
-from ..models import ModelSpec, model_bytes
+from ..models import ModelSpec, model_bytes, timm_normalisation
 from ..plots import curve_png
 from ..untrusted import first_layer_channels, load_untrusted, read_state_dict
 from ._runtime import progress, resolve_compute, say, seed_everything
@@ -84,7 +85,7 @@ def check_arguments(out: Path, defense_size: int, image_size: int) -> None:
 
 def output_paths(out: Path) -> list[Path]:
     stem = out.name[: -len(".safetensors")]
-    return [out, *(out.with_name(f"{stem}.{suffix}") for suffix in ("masks.safetensors", "curve.csv", "curve.png", "report.json"))]
+    return [out, *(out.with_name(f"{stem}.{suffix}") for suffix in ("masks.safetensors", "curve.csv", "curve.png", "report.json", "pt", "onnx"))]
 
 
 def check_outputs_are_not_inputs(out: Path, inputs: list[Path]) -> None:
@@ -108,18 +109,22 @@ def normalisations(data_mean: tuple[float, ...], data_std: tuple[float, ...]) ->
     return found
 
 
-def choose_normalisation(model: torch.nn.Module, clean, data_mean, data_std, min_accuracy: float):
-    """Without --mean/--std: the data's own statistics if the model is accurate with them, else the best common one.
+def choose_normalisation(model: torch.nn.Module, clean, data_mean, data_std, min_accuracy: float, arch: str = ""):
+    """Without --mean/--std: the data's own statistics (a timm model's: its pretrained config's) if the model is accurate
+    with them, else the best common one.
 
     Returns (mean, std, how): `how` says what was tried, for the report and for a refusal.
     """
     options = normalisations(data_mean, data_std)
+    config = timm_normalisation(arch)
+    if config is not None and len(config[0]) == len(data_mean):
+        options = {"timm's pretrained config": config, **options}
     scores = {name: accuracy(model, DeviceData(clean, m, s, torch.device("cpu"))) for name, (m, s) in options.items()}
     own = next(iter(options))
     best = own if scores[own] >= min_accuracy else max(scores, key=scores.get)
     tried = ", ".join(f"{name} {acc:.0%}" for name, acc in scores.items())
     if best != own and scores[best] >= min_accuracy:
-        say(f"defend: the model scores {scores[own]:.0%} with the data's own mean/std and {scores[best]:.0%} with {best}: "
+        say(f"defend: the model scores {scores[own]:.0%} with {own} and {scores[best]:.0%} with {best}: "
             f"using {best} (pass --mean/--std to choose)")
     return (*options[best], f"no --mean/--std given; accuracy with {tried}")
 
@@ -138,7 +143,8 @@ def outcome(report: DefenseReport) -> int:
 
 def run(cfg: Config, model_path: Path, arch: str, data: str, out: Path, defense_size: int = 500, image_size: int = 32,
         mean: str | None = None, std: str | None = None, min_accuracy: float = MIN_ACCURACY, defense: str = "rnp",
-        channels: int | None = None, classes: list[str] | None = None, params_path: Path | None = None) -> DefenseReport:
+        channels: int | None = None, classes: list[str] | None = None, params_path: Path | None = None,
+        export: list[str] | None = None) -> DefenseReport:
     """`cfg` carries the settings the flags set: recover.mask_on (--mask-on), prune.force (--force), unlearn.detection (--detection).
     The report's `extra["exit_code"]` is what the command exits with (EXIT_*)."""
     check_arguments(out, defense_size, image_size)
@@ -166,10 +172,12 @@ def run(cfg: Config, model_path: Path, arch: str, data: str, out: Path, defense_
     mask_on = cfg.recover.mask_on
     if not mask_layers(model, mask_on):
         raise RnpError(f"--mask-on {mask_on}: {arch} has no such layer to mask (use one of {', '.join(MASK_ON)})")
+    if "onnx" in (export or []):  # a model ONNX cannot express is found before any work
+        onnx_bytes(model, tuple(clean.images.shape[1:]))
     if names is not None:
         say(f"defend: classes in label order ({order}): {', '.join(names)}")
     if mean_v is None:
-        mean_v, std_v, how = choose_normalisation(model.eval(), clean, data_mean, data_std, min_accuracy)
+        mean_v, std_v, how = choose_normalisation(model.eval(), clean, data_mean, data_std, min_accuracy, arch)
     else:
         how = "--mean/--std as given"
     spec = ModelSpec(arch, classes_n, tuple(clean.images.shape[1:]), mean_v, std_v)
@@ -202,6 +210,12 @@ def run(cfg: Config, model_path: Path, arch: str, data: str, out: Path, defense_
             w.write(f"{stem}.curve.csv", csv_bytes(report.curve))
             w.write(f"{stem}.curve.png", _curve_png(report))
             written += [f"{stem}.masks.safetensors", f"{stem}.curve.csv", f"{stem}.curve.png"]
+        if code == EXIT_PURIFIED and model_path.suffix in TORCH_SUFFIXES:  # the input's own format, where that is safe: a plain state dict
+            w.write(f"{stem}.pt", state_dict_bytes(purified))
+            written.append(f"{stem}.pt")
+        if code == EXIT_PURIFIED and "onnx" in (export or []):
+            w.write(f"{stem}.onnx", checked_onnx(purified, every))
+            written.append(f"{stem}.onnx")
         w.write(f"{stem}.report.json", json_bytes(summary))
         written.append(f"{stem}.report.json")
     if code != EXIT_PURIFIED and out.exists():  # an earlier run's purified model beside this report would contradict it
@@ -217,6 +231,52 @@ def run(cfg: Config, model_path: Path, arch: str, data: str, out: Path, defense_
     say(f"defend: {report.verdict}")
     say(f"defend: {what} ({acc}; {summary['seconds']:.1f} s); wrote {', '.join(written)} in {out.parent} (exit {code})")
     return report
+
+
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+EXPORTS = ("onnx",)
+
+
+def state_dict_bytes(model: torch.nn.Module) -> bytes:
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, buf)
+    return buf.getvalue()
+
+
+def onnx_bytes(model: torch.nn.Module, input_shape: tuple[int, ...]) -> bytes:
+    """The model as ONNX (opset 17; input `images`, normalised as the report says; output `logits`; any batch size)."""
+    import copy
+    import warnings
+
+    model = copy.deepcopy(model).cpu().float().eval()
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (torch.zeros(2, *input_shape),), buf, dynamo=False, opset_version=17, input_names=["images"],
+                              output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+    except Exception as e:  # the exporter raises many kinds for an op it cannot express
+        raise RnpError(f"--export onnx: the model cannot be expressed in ONNX ({type(e).__name__}: {str(e).strip().splitlines()[0][:160]})") from None
+    return buf.getvalue()
+
+
+def checked_onnx(model: torch.nn.Module, clean: DeviceData) -> bytes:
+    """ONNX bytes that onnxruntime has run on the clean images and found to give the PyTorch model's predictions."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise RnpError("--export onnx checks the file with onnxruntime: pip install onnxruntime (or 'rnp[formats]')") from None
+    data = onnx_bytes(model, tuple(clean.images.shape[1:]))
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    model = model.cpu().float().eval()
+    for x, _ in clean.batches(256):
+        with torch.no_grad():
+            expected = model(x.float())
+        got = torch.from_numpy(session.run(None, {"images": x.float().numpy()})[0])
+        if not torch.allclose(got, expected, rtol=1e-3, atol=1e-4) or not torch.equal(got.argmax(1), expected.argmax(1)):
+            raise RnpError(f"--export onnx: onnxruntime's logits differ from PyTorch's by up to {(got - expected).abs().max():.2g}; "
+                           f"the ONNX file was not written")
+    return data
 
 
 def image_stats(images: torch.Tensor, names: list[str] | None, order: str) -> dict:
