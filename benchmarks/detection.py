@@ -71,27 +71,50 @@ def evaluate(name: str, cfg, backdoored: bool, rule: str = "collapse") -> dict:
         "hit": (report["backdoor_suspected"] and report["suspected_target"] == cfg.attack.target) if backdoored else not report["backdoor_suspected"],
         "ca_before": before["ca"], "asr_before": before["asr"] if backdoored else "", "ca_after": after["ca"],
         "asr_after": after["asr"] if backdoored else "", "pruned": report["pruned"], "threshold": report["threshold"],
+        "self_check": report.get("backdoor_remains", ""),  # after pruning: "backdoor likely still present" (rnp checks its own work)
+        "recheck_epochs": report.get("recheck_epochs", ""), "unlearn_epochs": report["unlearn_epochs"],
+        "recheck_target": report.get("recheck_target", ""),
+        # the share of other classes' images the purified model's unlearning sends to the class the original's sent most to
+        "recheck_suspected_share": report["recheck_class_scores"][report["suspected_target"]] if "recheck_class_scores" in report else "",
     }
 
 
 def markdown(rows: list[dict]) -> str:
     pct = lambda v: "" if v == "" else f"{100 * float(v):.1f}"  # noqa: E731
-    lines = ["| model | target | verdict | suspected (score) | correct | CA before → after | ASR before → after | pruned |",
-             "|---|---:|---|---:|---|---:|---:|---:|"]
+    lines = ["| model | target | verdict | suspected (score) | correct | CA before → after | ASR before → after | pruned | self-check |",
+             "|---|---:|---|---:|---|---:|---:|---:|---|"]
     for r in rows:
         flagged = str(r["flagged"]) == "True"
         lines.append(
             f"| {r['model']} | {r['target']} | {'backdoor' if flagged else 'no evidence'} | {r['suspected']} ({float(r['score']):.2f}) | "
             f"{'yes' if str(r['hit']) == 'True' else '**no**'} | {pct(r['ca_before'])} → {pct(r['ca_after'])} | "
-            f"{pct(r['asr_before'])} → {pct(r['asr_after'])} | {r['pruned']} |"
+            f"{pct(r['asr_before'])} → {pct(r['asr_after'])} | {r['pruned']} | {check(r)} |"
         )
     backdoored = [r for r in rows if r["target"] != ""]
     clean = [r for r in rows if r["target"] == ""]
     hits = lambda rs: sum(str(r["hit"]) == "True" for r in rs)  # noqa: E731
     lines.append("")
     lines.append(f"Target found on {hits(backdoored)} of {len(backdoored)} backdoored models; "
-                 f"\"no evidence\" on {hits(clean)} of {len(clean)} clean models.")
+                 f"\"no evidence\" on {hits(clean)} of {len(clean)} clean models. {self_check_summary(rows)}")
     return "\n".join(lines)
+
+
+def check(r: dict) -> str:
+    """The self-check's verdict after pruning, with the unlearning epochs before and after ('—': not run, nothing pruned)."""
+    if str(r.get("self_check", "")) not in ("True", "False"):
+        return "—"
+    said = "still present" if str(r["self_check"]) == "True" else "removed"
+    return f"{said} ({r['recheck_epochs']} vs {r['unlearn_epochs']} epochs)"
+
+
+def self_check_summary(rows: list[dict]) -> str:
+    """The self-check against the test sets: on pruned backdoored models, did it call the survivors and only them?"""
+    checked = [r for r in rows if r["target"] != "" and str(r.get("self_check", "")) in ("True", "False")]
+    survived = [r for r in checked if float(r["asr_after"]) > 0.05]
+    removed = [r for r in checked if float(r["asr_after"]) <= 0.05]
+    said = lambda rs: sum(str(r["self_check"]) == "True" for r in rs)  # noqa: E731
+    return (f"Self-check after pruning (ASR > 5 % = the backdoor survived): \"still present\" on {said(survived)} of {len(survived)} "
+            f"models whose backdoor survived, and on {said(removed)} of {len(removed)} whose backdoor was removed.")
 
 
 def main(argv: list[str] | None = None) -> None:

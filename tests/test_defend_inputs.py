@@ -270,3 +270,33 @@ def test_a_file_with_another_librarys_keys_names_the_architecture_they_fit(tmp_p
     err = capsys.readouterr().err.strip()
     assert "weights do not match --arch resnet18" in err and len(err.splitlines()) == 1
     assert err.endswith("its keys fit --arch timm:resnet18"), err  # torchvision's has the same names, but a 3-channel stem
+
+
+def test_the_self_check_keeps_pruned_channels_dead_and_its_verdict_sets_the_exit_code(default_run):
+    from rnp.data import DeviceData, ImageSet
+    from rnp.datafiles import load_imageset
+    from rnp.defense.detection import Detection
+    from rnp.defense.pipeline import backdoor_remains, recheck_step
+    from rnp.defense.recover import bn_layers
+    from rnp.stages.defend import EXIT_PURIFIED, EXIT_STILL_PRESENT, outcome
+
+    cfg, root, metrics = default_run
+    # the default run is purified (ASR 0.9 %): its prune stage ran the self-check, which must not cry wolf
+    assert metrics["prune"]["backdoor_remains"] is False and metrics["prune"]["recheck_epochs"] >= 1
+    model, _, _ = load_model(root / "prune/model.safetensors")
+    dead = {name: (bn.weight == 0) for name, bn in bn_layers(model).items()}
+    assert sum(int(d.sum()) for d in dead.values()) == metrics["prune"]["pruned"]
+    fit, info, _ = load_imageset(root / "poison/defense.safetensors")
+    every = DeviceData(ImageSet(fit.images, fit.labels), info.mean, info.std, torch.device("cpu"))
+    probe = recheck_step(model, "bn", every, every, cfg, 10).model
+    for name, bn in bn_layers(probe).items():  # unlearning trained every other weight; the pruned ones are still 0
+        assert (bn.weight[dead[name]] == 0).all() and (bn.weight[~dead[name]] != 0).all()
+    d = lambda target, acc: Detection(target, 0.6, [0.6 if c == target else 0.0 for c in range(10)], acc, start_acc=0.99)  # noqa: E731
+    assert backdoor_remains(d(3, 0.1), d(3, 0.1)) is True and backdoor_remains(d(3, 0.1), d(5, 0.1)) is False
+    assert backdoor_remains(d(3, 0.1), d(3, 0.9)) is False and backdoor_remains(None, d(3, 0.1)) is None  # no collapse: no sink
+    from rnp.defense import DefenseReport
+
+    report = DefenseReport("rnp", "v", 5, 0.2, 1.0, 1.0, 1.0, {"fit": 1, "holdout": 1}, 1.0, "bn", [], [], 0, {})
+    assert outcome(report) == EXIT_PURIFIED
+    report.extra["backdoor_remains"] = True
+    assert outcome(report) == EXIT_STILL_PRESENT

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ..config import Config
 from ..data import DeviceData
@@ -24,10 +25,11 @@ from ..training import EpochStats, seeded_generator
 from .base import CleanData, DefendOptions, DefenseReport, Prepared, prepare, register_defense
 from .detection import Detection, detect_target, no_evidence_message
 from .prune import OnPruned, PruneDecision, decide_pruning
-from .recover import mask_layers, recover, resolve_mask_on, zero_masks_warning
+from .recover import channel_view, mask_layers, recover, resolve_mask_on, zero_masks_warning
 from .unlearn import unlearn
 
-__all__ = ["Unlearned", "unlearn_step", "recover_step", "prune_step", "prune_prepared", "verdict", "rnp_defense"]
+__all__ = ["Unlearned", "unlearn_step", "recover_step", "prune_step", "prune_prepared", "recheck_step", "backdoor_remains", "verdict",
+           "rnp_defense", "KeepPruned"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,35 @@ def prune_prepared(prep: Prepared, masks: dict[str, torch.Tensor], kind: str, op
     return purified, decision
 
 
+class KeepPruned(nn.Module):
+    """Parametrization: a pruned channel's weight stays 0 while the probe's unlearning trains the rest."""
+
+    def __init__(self, alive: torch.Tensor):
+        super().__init__()
+        self.register_buffer("alive", alive)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * channel_view(self.alive, weight)
+
+
+def recheck_step(purified: nn.Module, kind: str, fit: DeviceData, every: DeviceData, cfg: Config, num_classes: int) -> Unlearned:
+    """4) rnp checks its own work, on clean data alone: unlearn the purified model (its pruned channels held at 0) as the
+    original was unlearned, and read which class it collapses onto. A backdoor that survived pruning pulls the collapse
+    onto its target again; a removed one leaves no such sink (`backdoor_remains`)."""
+    probe = copy.deepcopy(purified)
+    for layer in mask_layers(probe, kind).values():
+        alive = (layer.weight.detach().reshape(layer.weight.shape[0], -1) != 0).any(1).to(layer.weight.dtype)
+        parametrize.register_parametrization(layer, "weight", KeepPruned(alive))
+    return unlearn_step(probe, fit, every, cfg, num_classes)
+
+
+def backdoor_remains(detection: Detection | None, recheck: Detection | None) -> bool | None:
+    """The purified model's unlearning collapses onto the original's suspected target again (None: not checked)."""
+    if detection is None or recheck is None:
+        return None
+    return recheck.backdoored and recheck.target == detection.target
+
+
 def verdict(detection: Detection | None, decision: PruneDecision) -> str:
     """One line: what unlearning said, and why nothing was pruned when the choice found no point."""
     if detection is None:
@@ -118,6 +149,17 @@ def rnp_defense(model: nn.Module, data: CleanData, options: DefendOptions) -> tu
 
     purified, decision = prune_prepared(prep, masks, kind, options, unlearned.detection)
     warnings = [*prep.warnings, *[w for w in [zero_masks_warning(int((flat == 0).sum()), flat.numel())] if w]]
-    report = DefenseReport.of_pruning("rnp", verdict(unlearned.detection, decision), prep, decision, masks, kind, warnings,
-                                      detection=unlearned.detection, unlearn_epochs=unlearned.epochs)
+    said, extra = verdict(unlearned.detection, decision), {}
+    if decision.pruned > 0 and unlearned.detection.backdoored:
+        bar = progress(None, "recheck", cfg.unlearn.max_epochs)
+        recheck = recheck_step(purified, kind, prep.fit, prep.every, cfg, data.num_classes)
+        bar.close()
+        remains = backdoor_remains(unlearned.detection, recheck.detection)
+        extra = {"backdoor_remains": remains, "recheck_target": recheck.detection.target, "recheck_score": recheck.detection.score,
+                 "recheck_epochs": recheck.epochs, "recheck_class_scores": recheck.detection.scores}
+        if remains:
+            said += (f"; BACKDOOR LIKELY STILL PRESENT: unlearning the purified model sends {recheck.detection.score:.0%} of other "
+                     f"classes' images to class {recheck.detection.target} again (in {recheck.epochs} epochs; {unlearned.epochs} before)")
+    report = DefenseReport.of_pruning("rnp", said, prep, decision, masks, kind, warnings,
+                                      detection=unlearned.detection, unlearn_epochs=unlearned.epochs, extra=extra)
     return purified.cpu(), report

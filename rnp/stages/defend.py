@@ -25,7 +25,7 @@ from ..plots import curve_png
 from ..untrusted import first_layer_channels, load_untrusted, read_state_dict
 from ._runtime import progress, resolve_compute, say, seed_everything
 
-__all__ = ["run", "clean_data", "outcome", "EXIT_PURIFIED", "EXIT_NO_EVIDENCE", "EXIT_NOT_REMOVED"]
+__all__ = ["run", "clean_data", "outcome", "EXIT_PURIFIED", "EXIT_NO_EVIDENCE", "EXIT_NOT_REMOVED", "EXIT_STILL_PRESENT"]
 
 
 def clean_data(spec: str, cfg: Config, defense_size: int, image_size: int, channels: int = 3, classes: list[str] | None = None):
@@ -133,9 +133,12 @@ def choose_normalisation(model: torch.nn.Module, clean, data_mean, data_std, min
 EXIT_PURIFIED = 0  # the model was changed (pruned, or fine-tuned) and written to --out
 EXIT_NO_EVIDENCE = 3  # no evidence of a backdoor: the model is left as it came in, and no model file is written
 EXIT_NOT_REMOVED = 4  # a backdoor is suspected, but no pruning point kept the model usable: left as it came in, not written
+EXIT_STILL_PRESENT = 5  # pruned and written, but unlearning the purified model still collapses onto the suspected target
 
 
 def outcome(report: DefenseReport) -> int:
+    if report.extra.get("backdoor_remains"):
+        return EXIT_STILL_PRESENT
     if report.pruned > 0 or report.defense == "ft":
         return EXIT_PURIFIED
     return EXIT_NOT_REMOVED if report.backdoor_suspected else EXIT_NO_EVIDENCE
@@ -201,8 +204,9 @@ def run(cfg: Config, model_path: Path, arch: str, data: str, out: Path, defense_
 
     stem = out.name[: -len(".safetensors")]
     written = []
+    changed = code in (EXIT_PURIFIED, EXIT_STILL_PRESENT)  # a model left as it came in is not written under a name that says purified
     with StageWriter(out.parent, marker=f"{stem}.report.json") as w:  # the report, written last, vouches for the set
-        if code == EXIT_PURIFIED:  # a model left as it came in is not written under a name that says purified
+        if changed:
             w.write(out.name, model_bytes(purified, spec, {"stage": "defend", "report": {k: v for k, v in summary.items() if k != "class_scores"}}))
             written.append(out.name)
         if report.curve:  # a pruning defense's masks and sweep (fine-tuning has neither)
@@ -210,15 +214,15 @@ def run(cfg: Config, model_path: Path, arch: str, data: str, out: Path, defense_
             w.write(f"{stem}.curve.csv", csv_bytes(report.curve))
             w.write(f"{stem}.curve.png", _curve_png(report))
             written += [f"{stem}.masks.safetensors", f"{stem}.curve.csv", f"{stem}.curve.png"]
-        if code == EXIT_PURIFIED and model_path.suffix in TORCH_SUFFIXES:  # the input's own format, where that is safe: a plain state dict
+        if changed and model_path.suffix in TORCH_SUFFIXES:  # the input's own format, where that is safe: a plain state dict
             w.write(f"{stem}.pt", state_dict_bytes(purified))
             written.append(f"{stem}.pt")
-        if code == EXIT_PURIFIED and "onnx" in (export or []):
+        if changed and "onnx" in (export or []):
             w.write(f"{stem}.onnx", checked_onnx(purified, every))
             written.append(f"{stem}.onnx")
         w.write(f"{stem}.report.json", json_bytes(summary))
         written.append(f"{stem}.report.json")
-    if code != EXIT_PURIFIED and out.exists():  # an earlier run's purified model beside this report would contradict it
+    if code in (EXIT_NO_EVIDENCE, EXIT_NOT_REMOVED) and out.exists():  # an earlier run's purified model beside this report would contradict it
         out.unlink()
     for warning in report.warnings:
         say(f"defend: WARNING: {warning}")
@@ -227,7 +231,8 @@ def run(cfg: Config, model_path: Path, arch: str, data: str, out: Path, defense_
            f"held-out {report.holdout_acc_before:.1%} -> {report.holdout_acc_after:.1%} on {held}, {1 / held:.1%} each")
     what = {EXIT_PURIFIED: f"purified: {report.pruned} channels pruned" if report.defense != "ft" else "fine-tuned",
             EXIT_NO_EVIDENCE: "model unchanged (no evidence of a backdoor), not written",
-            EXIT_NOT_REMOVED: "BACKDOOR SUSPECTED, NOT REMOVED: model unchanged, not written"}[code]
+            EXIT_NOT_REMOVED: "BACKDOOR SUSPECTED, NOT REMOVED: model unchanged, not written",
+            EXIT_STILL_PRESENT: f"pruned {report.pruned} channels, but the BACKDOOR IS LIKELY STILL PRESENT"}[code]
     say(f"defend: {report.verdict}")
     say(f"defend: {what} ({acc}; {summary['seconds']:.1f} s); wrote {', '.join(written)} in {out.parent} (exit {code})")
     return report

@@ -8,7 +8,9 @@ from pathlib import Path
 import torch
 
 from ..config import Config
+from ..data import ImageSet
 from ..defense import Detection, mask_layers, prune_step
+from ..defense.pipeline import backdoor_remains, recheck_step
 from ..defense.base import holdout_warning
 from ..defense.prune import oracle_point, refit_classifier_bias
 from ..errors import RnpError
@@ -71,6 +73,11 @@ def run(cfg: Config, poison_dir: Path, train_dir: Path, recover_dir: Path, out: 
     check = refit_classifier_bias(model, fit, info.num_classes, p, cfg.seed)
     check_ca = accuracy(check, test) if check is not None else None
     check_asr = attack_metrics(check, triggered, targets)["asr"] if check is not None else None
+    # rnp checks its own work on clean data alone, as `rnp defend` does: does unlearning the purified model collapse onto the target again?
+    recheck = None
+    if decision.pruned > 0 and detection is not None and detection.backdoored:
+        every = info.to_device(ImageSet(torch.cat([fit_set.images, holdout_set.images]), torch.cat([fit_set.labels, holdout_set.labels])), compute)
+        recheck = recheck_step(model, kind, fit, every, cfg, info.num_classes)
 
     metrics = {
         "ca": chosen["ca"],
@@ -90,6 +97,10 @@ def run(cfg: Config, poison_dir: Path, train_dir: Path, recover_dir: Path, out: 
         "oracle_asr": oracle_pt["asr"],
         "ca_bias_refit": check_ca,  # null: the model has no Linear classifier with a bias
         "asr_bias_refit": check_asr,
+        "backdoor_remains": backdoor_remains(detection, recheck.detection if recheck else None),  # null: not checked
+        "recheck_target": recheck and recheck.detection.target,
+        "recheck_score": recheck and recheck.detection.score,
+        "recheck_epochs": recheck and recheck.epochs,
     }
     x = "threshold" if p.sweep == "threshold" else "pruned"
     with StageWriter(out) as w:
@@ -108,6 +119,9 @@ def run(cfg: Config, poison_dir: Path, train_dir: Path, recover_dir: Path, out: 
             f"{check_asr:.1%} (CA {check_ca:.1%}): the pruning shifted the classes' priors away from the target rather than "
             f"removing the trigger's path (see docs/quality.md, the pruned channels' constants)"
         )
+    if metrics["backdoor_remains"]:
+        say(f"prune: WARNING: backdoor likely still present: unlearning the purified model sends {recheck.detection.score:.0%} of other "
+            f"classes' clean images to class {recheck.detection.target} again ({recheck.epochs} epochs)")
     say(
         f"prune: {decision.why} ({len(holdout_set)} held-out images, {1 / len(holdout_set):.1%} each); "
         f"{x} {chosen[x] if chosen[x] is not None else 'none'} ({decision.pruned} channels): "
