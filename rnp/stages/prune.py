@@ -10,8 +10,8 @@ import torch
 from ..config import Config
 from ..data import ImageSet
 from ..defense import Detection, mask_layers, prune_step
-from ..defense.pipeline import backdoor_remains, recheck_step
 from ..defense.base import holdout_warning
+from ..defense.pipeline import backdoor_remains, recheck_step
 from ..defense.prune import oracle_point, refit_classifier_bias
 from ..errors import RnpError
 from ..io import StageWriter, csv_bytes, json_bytes, load_tensors
