@@ -24,6 +24,34 @@ def make_config(**overrides):
     return config_from_dict(with_overrides(default_params(), overrides))
 
 
+def random_clean_data(n: int = 64):
+    """n random 8x8 grey images labelled 0..9 in turn, on the CPU: data for mechanics, not for accuracy."""
+    from rnp.data import DeviceData, ImageSet
+
+    g = torch.Generator().manual_seed(0)
+    return DeviceData(ImageSet(torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=g), torch.arange(n) % 10), (0.5,), (0.25,), "cpu")
+
+
+def train_elsewhere(arch: str, epochs: int):
+    """A backdoored digits model of `arch` trained by a plain loop outside rnp's pipeline (BadNets, the default params);
+    returns it and the data set."""
+    from rnp.data import DeviceData
+    from rnp.datasets import load_dataset
+    from rnp.models import ModelSpec, create_model
+    from rnp.poisoning import poison
+    from rnp.training import run_epoch, seeded_generator
+
+    cfg = make_config()
+    ds = load_dataset("digits")
+    pd = poison(ds, cfg.data, cfg.attack, 0)
+    torch.manual_seed(0)
+    net = create_model(ModelSpec(arch, 10, (1, 8, 8), ds.mean, ds.std))
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(epochs):
+        run_epoch(net, DeviceData(pd.train, ds.mean, ds.std, torch.device("cpu")), opt, 64, seeded_generator(0), cfg.augment)
+    return net, ds
+
+
 @pytest.fixture(scope="session")
 def default_run(tmp_path_factory):
     """The default pipeline (params.yaml), run once in-process and shared by the stage tests."""

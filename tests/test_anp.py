@@ -10,21 +10,20 @@ from torch.nn.utils import parametrize
 
 from rnp.cli import main
 from rnp.config import AnpParams, AugmentParams, Config, config_from_dict
-from rnp.data import DeviceData, ImageSet
+from rnp.data import DeviceData
 from rnp.defense import CleanData, DefendOptions, bn_layers, defend
 from rnp.defense.anp import NoisyBias, NoisyMask, anp_masks
 from rnp.errors import RnpError
 from rnp.models import ModelSpec, create_model, load_model, model_bytes
 from rnp.training import seeded_generator
 
-from .conftest import default_params
+from .conftest import default_params, random_clean_data
 
 SPEC = ModelSpec("small_cnn", 10, (1, 8, 8), (0.5,), (0.25,))
 
 
 def _data(n: int = 64) -> DeviceData:
-    g = torch.Generator().manual_seed(0)
-    return DeviceData(ImageSet(torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=g), torch.arange(n) % 10), (0.5,), (0.25,), "cpu")
+    return random_clean_data(n)
 
 
 def test_an_unperturbed_all_ones_mask_changes_nothing_and_the_noise_scales_weight_and_bias():

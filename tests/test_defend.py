@@ -19,7 +19,7 @@ from rnp.models import ModelSpec, create_model, load_model, model_bytes
 from rnp.progress import quiet
 from rnp.training import run_epoch, seeded_generator
 
-from .conftest import make_config
+from .conftest import make_config, train_elsewhere
 
 
 def _clean_digits(default_run):
@@ -74,19 +74,7 @@ def test_a_model_unlearning_cannot_collapse_is_reported_clean_and_left_unpruned(
 @pytest.fixture(scope="module")
 def torchvision_model_file(tmp_path_factory):
     """A backdoored torchvision ResNet-18 trained outside rnp's pipeline, saved as a plain PyTorch state dict."""
-    cfg = make_config()
-    ds = load_dataset("digits")
-    from rnp.poisoning import poison
-
-    pd = poison(ds, cfg.data, cfg.attack, 0)
-    torch.manual_seed(0)
-    net = create_model(ModelSpec("torchvision:resnet18", 10, (1, 8, 8), ds.mean, ds.std))
-    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    from rnp.data import DeviceData
-
-    data = DeviceData(pd.train, ds.mean, ds.std, torch.device("cpu"))
-    for _ in range(3):
-        run_epoch(net, data, opt, 64, seeded_generator(0), cfg.augment)
+    net, _ = train_elsewhere("torchvision:resnet18", 3)
     path = tmp_path_factory.mktemp("elsewhere") / "resnet18.pt"
     torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, path)
     return path

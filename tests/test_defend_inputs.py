@@ -4,6 +4,7 @@ an output that would overwrite an input, a verdict a script can act on, and a cl
 import io
 import json
 import os
+import re
 import signal
 
 import numpy as np
@@ -19,7 +20,7 @@ from rnp.errors import RnpError
 from rnp.images import class_order, read_image
 from rnp.models import load_model
 
-from .conftest import default_params
+from .conftest import default_params, train_elsewhere
 
 MODES = ["L", "RGB", "RGBA", "LA", "P", "P-transparent", "CMYK", "1", "I;16", "F"]
 
@@ -195,23 +196,7 @@ def test_ctrl_c_or_sigterm_mid_write_is_one_line_and_leaves_nothing_half_written
 @pytest.fixture(scope="module")
 def timm_model_file(tmp_path_factory):
     """A backdoored timm ResNet trained outside rnp, saved as timm's own plain state dict (.pth)."""
-    from rnp.config import AugmentParams
-    from rnp.data import DeviceData
-    from rnp.datasets import load_dataset
-    from rnp.models import ModelSpec, create_model
-    from rnp.poisoning import poison
-    from rnp.training import run_epoch, seeded_generator
-
-    from .conftest import make_config
-
-    cfg = make_config()
-    ds = load_dataset("digits")
-    pd = poison(ds, cfg.data, cfg.attack, 0)
-    torch.manual_seed(0)
-    net = create_model(ModelSpec("timm:resnet10t", 10, (1, 8, 8), ds.mean, ds.std))
-    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    for _ in range(4):
-        run_epoch(net, DeviceData(pd.train, ds.mean, ds.std, torch.device("cpu")), opt, 64, seeded_generator(0), AugmentParams())
+    net, ds = train_elsewhere("timm:resnet10t", 4)
     path = tmp_path_factory.mktemp("timm") / "resnet10t.pth"
     torch.save(net.state_dict(), path)
     return path, ds
@@ -300,3 +285,29 @@ def test_the_self_check_keeps_pruned_channels_dead_and_its_verdict_sets_the_exit
     assert outcome(report) == EXIT_PURIFIED
     report.extra["backdoor_remains"] = True
     assert outcome(report) == EXIT_STILL_PRESENT
+
+
+def test_the_api_takes_numpy_arrays_and_names_channels_last_float_pixels_and_a_class_count_the_model_does_not_have():
+    from rnp.config import Config
+    from rnp.defense import CleanData, DefendOptions, prepare
+    from rnp.models import ModelSpec, create_model
+
+    torch.manual_seed(0)
+    model = create_model(ModelSpec("small_cnn", 10, (1, 8, 8), (0.5,), (0.25,)))
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (60, 1, 8, 8), dtype=np.uint8), np.arange(60) % 10
+    options = DefendOptions(Config(), min_accuracy=0.0)
+    prep = prepare(model, CleanData(images, labels, (0.5,), (0.25,), 10), options)  # numpy in, the split out
+    assert prep.clean_images == {"fit": 40, "holdout": 20} and prep.every.labels.dtype == torch.long
+    cases = [
+        (CleanData(images.transpose(0, 2, 3, 1), labels, (0.5,), (0.25,), 10),
+         "channels last; rnp takes (N, C, H, W): pass images.permute(0, 3, 1, 2)"),
+        (CleanData(images / 255.0, labels, (0.5,), (0.25,), 10),
+         "must be uint8 pixels 0..255 (normalised by mean/std inside rnp), got torch.float64"),
+        (CleanData(images, labels, (0.5,), (0.25,), 5), "the model outputs (10,) per image, but CleanData.num_classes is 5"),
+        (CleanData(images, labels[:10], (0.5,), (0.25,), 10), "CleanData.labels must be 60 integer class indices"),
+        (CleanData(images, labels, (0.5, 0.5, 0.5), (0.25,), 10), "CleanData.mean/std need 1 values"),
+    ]
+    for data, message in cases:
+        with pytest.raises(RnpError, match=re.escape(message)):
+            prepare(model, data, options)

@@ -48,6 +48,8 @@ def test_dvc_repro_reruns_only_what_changed(project):
     defined = yaml.safe_load((repo / "dvc.yaml").read_text())["plots"]
     names = [next(iter(p)) if isinstance(p, dict) else p for p in defined]
     assert list(plots["data"]) == names and not plots.get("errors")  # every plot defined, none a default row-index plot
+    text = json.dumps(plots["data"])  # every axis named in dvc.yaml, none left as DVC's "x" / "y"
+    assert '"title": "y"' not in text and '"title": "x"' not in text and '"title": "mask threshold' in text
     sh("git add -A && git commit -qm 'pipeline run'", repo, env)
 
     # 1b) a bad param: rnp refuses in one line, but DVC has already removed the stage's outputs;

@@ -9,21 +9,20 @@ import yaml
 
 from rnp.cli import main
 from rnp.config import AugmentParams, FinetuneParams, config_from_dict
-from rnp.data import DeviceData, ImageSet
+from rnp.data import DeviceData
 from rnp.defense.finetune import finetune
 from rnp.errors import RnpError
 from rnp.metrics import accuracy
 from rnp.models import ModelSpec, create_model, load_model
 from rnp.training import seeded_generator
 
-from .conftest import default_params
+from .conftest import default_params, random_clean_data
 
 SPEC = ModelSpec("small_cnn", 10, (1, 8, 8), (0.5,), (0.25,))
 
 
 def _data(n: int = 64) -> DeviceData:
-    g = torch.Generator().manual_seed(0)
-    return DeviceData(ImageSet(torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=g), torch.arange(n) % 10), (0.5,), (0.25,), "cpu")
+    return random_clean_data(n)
 
 
 def test_finetune_fits_the_clean_images_repeats_exactly_and_leaves_the_input_model_alone():

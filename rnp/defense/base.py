@@ -154,6 +154,42 @@ def weak_model_message(acc: float, n: int, num_classes: int, min_accuracy: float
     )
 
 
+def _as_images(images) -> torch.Tensor:
+    """CleanData.images as rnp needs them, (N, C, H, W) uint8 (numpy arrays accepted); else one line saying what to do."""
+    if not isinstance(images, torch.Tensor):
+        try:
+            images = torch.as_tensor(images)
+        except (TypeError, ValueError, RuntimeError):
+            raise RnpError(f"CleanData.images must be a tensor or array of (N, C, H, W) uint8 images, got {type(images).__name__}") from None
+    if images.ndim != 4:
+        raise RnpError(f"CleanData.images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    if images.shape[1] not in (1, 3) and images.shape[3] in (1, 3):
+        raise RnpError(f"CleanData.images has shape {tuple(images.shape)}, channels last; rnp takes (N, C, H, W): "
+                       f"pass images.permute(0, 3, 1, 2)")
+    if images.dtype != torch.uint8:
+        raise RnpError(f"CleanData.images must be uint8 pixels 0..255 (normalised by mean/std inside rnp), got {images.dtype}"
+                       + (": pass (images * 255).round().to(torch.uint8)" if images.is_floating_point() else ""))
+    return images
+
+
+def _as_labels(labels, n: int) -> torch.Tensor:
+    labels = torch.as_tensor(labels)
+    if labels.ndim != 1 or len(labels) != n or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise RnpError(f"CleanData.labels must be {n} integer class indices, one per image, got {labels.dtype} of shape {tuple(labels.shape)}")
+    return labels.long()
+
+
+def _check_outputs(model: nn.Module, images: torch.Tensor, num_classes: int) -> None:
+    model.eval()
+    with torch.no_grad():
+        try:
+            out = model(images[:1].float())
+        except (RuntimeError, ValueError) as e:
+            raise RnpError(f"the model cannot take the clean images of shape {tuple(images.shape[1:])} ({str(e).splitlines()[0][:120]})") from None
+    if out.ndim != 2 or out.shape[1] != num_classes:
+        raise RnpError(f"the model outputs {tuple(out.shape[1:])} per image, but CleanData.num_classes is {num_classes}")
+
+
 def _check_clean_data(labels: torch.Tensor, num_classes: int) -> None:
     if len(labels) < num_classes:
         raise RnpError(f"only {len(labels)} clean images for {num_classes} classes; rnp defend needs at least one per class")
@@ -181,9 +217,14 @@ class Prepared:
 def prepare(model: nn.Module, data: CleanData, options: DefendOptions) -> Prepared:
     """The checks and the split every defense makes before any work; raises RnpError on bad input."""
     cfg = options.cfg
-    _check_clean_data(data.labels, data.num_classes)
+    images = _as_images(data.images)
+    labels = _as_labels(data.labels, len(images))
+    if len(data.mean) != images.shape[1] or len(data.std) != images.shape[1]:
+        raise RnpError(f"CleanData.mean/std need {images.shape[1]} values (the images have {images.shape[1]} channels)")
+    _check_outputs(copy.deepcopy(model).cpu(), images, data.num_classes)
+    _check_clean_data(labels, data.num_classes)
     compute = options.device if isinstance(options.device, Compute) else Compute(torch.device(options.device))
-    every_set = ImageSet(data.images, data.labels.long())
+    every_set = ImageSet(images, labels)
     fit_set, holdout_set = every_set.split(cfg.data.defense_holdout, cfg.data.defense_seed)
     if len(holdout_set) < MIN_HOLDOUT and cfg.data.defense_holdout > 0:
         need = math.ceil(MIN_HOLDOUT / cfg.data.defense_holdout)
