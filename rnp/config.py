@@ -20,7 +20,7 @@ import yaml
 from pydantic import Field, ValidationError, create_model, field_validator
 
 from .errors import RnpError
-from .param_types import Count, NonNegative, OpenUnit, Positive, Section, Unit, choices
+from .param_types import Count, Index, NonNegative, OpenUnit, Positive, Section, Seed, Unit, choices
 
 __all__ = [
     "Config", "load_config", "config_from_dict", "with_overrides", "choices",
@@ -39,11 +39,11 @@ DetectionRule = Literal["collapse", "emergent"]
 class DataParams(Section):
     dataset: str = "digits"  # registry name, see `rnp list`
     root: str = "data/raw"  # where downloadable data sets are stored
-    image_size: Count = 32  # gtsrb and folder: images are resized to image_size x image_size
+    image_size: Annotated[int, Field(gt=0, le=4096)] = 32  # gtsrb and folder: images are resized to image_size x image_size
     test_fraction: OpenUnit = 0.2  # test share, for data sets without an official test split
     defense_size: Positive = 300  # clean images the defender holds: a count (>= 1) or a fraction of train (< 1)
     defense_holdout: Annotated[float, Field(ge=0, le=0.9)] = 0.34  # share of them held out (from training, unlearn and recover) to pick the threshold
-    defense_seed: int = 98  # the defense subset has its own seed (reference: 98)
+    defense_seed: Seed = 98  # the defense subset has its own seed (reference: 98)
 
     @field_validator("defense_size")
     @classmethod
@@ -55,7 +55,7 @@ class DataParams(Section):
 
 class AttackCommon(Section):
     name: str = "badnets"  # registry name, see `rnp list`
-    target: Annotated[int, Field(ge=0)] = 0  # target class (all_to_one); all_to_all sends y to (y + 1) mod C
+    target: Index = 0  # target class (all_to_one); all_to_all sends y to (y + 1) mod C
     mode: Mode = "all_to_one"  # all_to_all where the attack allows it
     rate: OpenUnit = 0.1  # share of training images poisoned (clean-label attacks: drawn from the target class)
     surrogate_arch: str = "small_cnn"  # trojan, lc, iad: the clean model the attacker trains for itself
@@ -142,7 +142,7 @@ class ModelParams(Section):
 
 
 class AugmentParams(Section):
-    crop_padding: Annotated[int, Field(ge=0)] = 0  # random crop with this zero padding (CIFAR: 4); 0 = off
+    crop_padding: Annotated[int, Field(ge=0, le=256)] = 0  # random crop with this zero padding (CIFAR: 4); 0 = off
     flip: bool = False  # random horizontal flip (off for digits: a flipped 3 is not a 3)
 
 
@@ -183,14 +183,14 @@ class PruneParams(Section):
     sweep: Sweep = "threshold"  # threshold: prune masks <= t; number: prune the k lowest masks
     max_threshold: Unit = 0.90  # threshold sweep: 0 .. max_threshold ...
     step: Positive = 0.05  # ... in this step
-    max_number: Annotated[int, Field(ge=0)] = 200  # number sweep: 0 .. max_number channels ...
+    max_number: Index = 200  # number sweep: 0 .. max_number channels ...
     number_step: Count = 10  # ... in this step
     select: Select = "auto"  # auto: chosen on clean held-out defense data; fixed: use threshold / number below
     force: bool = False  # prune even when unlearning shows no sign of a backdoor (unlearn.detection); the sweep is measured either way
     max_clean_drop: Unit = 0.01  # auto: prune while held-out clean accuracy stays within this of the t = 0 point (or the unpruned model)
     max_first_drop: Unit = 0.3  # auto: if t = 0 alone costs more held-out accuracy than this, prune nothing
     threshold: Unit = 0.20  # fixed, sweep=threshold
-    number: Annotated[int, Field(ge=0)] = 20  # fixed, sweep=number
+    number: Index = 20  # fixed, sweep=number
     oracle_max_asr: Unit = 0.05  # oracle (reporting only): best test CA among points with ASR <= this
     fit_epochs: Count = 20  # the bias-refit check: epochs of Adam over the unlearn/recover images, only the classifier's biases trainable
     fit_lr: Positive = 0.05  # the bias-refit check: Adam's learning rate
@@ -220,7 +220,7 @@ class FinetuneParams(Section):
 
 
 class Config(Section):
-    seed: int = 0  # seeds poisoning, initialisation and batch order
+    seed: Seed = 0  # seeds poisoning, initialisation and batch order
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
     precision: Precision = "auto"  # auto: bf16 on a CUDA GPU, else fp32 | fp32 | bf16 (fast on GPUs and AMX CPUs)
     data: DataParams = DataParams()
@@ -247,9 +247,15 @@ def load_config(path: str | Path = "params.yaml") -> Config:
     if not path.is_file():
         raise RnpError(f"missing params file {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise RnpError(f"{path} is not UTF-8 text (byte {e.start} is {e.object[e.start:e.start + 1]!r}); save it as UTF-8") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise RnpError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    except RecursionError:
+        raise RnpError(f"{path} is nested too deeply to be a params file") from None
     return config_from_dict(raw or {}, source=str(path))
 
 

@@ -11,13 +11,15 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Section", "Positive", "NonNegative", "Unit", "OpenUnit", "Count", "choices"]
+__all__ = ["Section", "Positive", "NonNegative", "Unit", "OpenUnit", "Count", "Index", "Seed", "choices"]
 
 Positive = Annotated[float, Field(gt=0)]
 NonNegative = Annotated[float, Field(ge=0)]
 Unit = Annotated[float, Field(ge=0, le=1)]  # [0, 1]
 OpenUnit = Annotated[float, Field(gt=0, lt=1)]  # (0, 1)
-Count = Annotated[int, Field(gt=0)]
+Count = Annotated[int, Field(gt=0, le=10**9)]  # a count past a billion is a typo, and overflows torch's index types
+Index = Annotated[int, Field(ge=0, le=10**9)]
+Seed = Annotated[int, Field(ge=0, lt=2**63)]  # what torch.Generator.manual_seed takes
 
 
 def choices(literal: Any) -> tuple[str, ...]:
