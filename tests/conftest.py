@@ -73,5 +73,6 @@ def copy_project(dest: Path) -> Path:
     for folder in ("rnp", "workflow"):
         shutil.copytree(ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
     (dest / ".dvc").mkdir()
-    shutil.copy(ROOT / ".dvc" / "config", dest / ".dvc" / "config")
+    for name in ("config", "plots_offline.html"):  # the template `dvc plots show` uses (plots.html_template)
+        shutil.copy(ROOT / ".dvc" / name, dest / ".dvc" / name)
     return dest

@@ -50,6 +50,9 @@ def test_dvc_repro_reruns_only_what_changed(project):
     assert list(plots["data"]) == names and not plots.get("errors")  # every plot defined, none a default row-index plot
     text = json.dumps(plots["data"])  # every axis named in dvc.yaml, none left as DVC's "x" / "y"
     assert '"title": "y"' not in text and '"title": "x"' not in text and '"title": "mask threshold' in text
+    sh(["dvc", "plots", "show", "-o", str(repo.parent / "plots_html")], repo, env)  # the page renders offline: Vega inlined, no CDN
+    page = (repo.parent / "plots_html" / "index.html").read_text()
+    assert "cdn.jsdelivr" not in page and "<script src=" not in page and page.count("vegaEmbed('#") == 4 and "rnpPending" in page
     sh("git add -A && git commit -qm 'pipeline run'", repo, env)
 
     # 1b) a bad param: rnp refuses in one line, but DVC has already removed the stage's outputs;
