@@ -56,14 +56,14 @@ def plan(dry: bool, out: Path, work: Path) -> list[tuple[str, int, list[list[str
     py = [sys.executable, "-m"]
     if dry:
         tiny = ["--archs", "small_cnn", "--seeds", "0", "--device", "cpu", "--subset", "1200", "--set", "train.epochs=1",
-                "--set", "precision=fp32", "--set", "anp.iterations=20", "--set", "ft.epochs=2",
+                "--set", "precision=fp32", "--set", "anp.iterations=2", "--set", "anp.batch_size=16", "--set", "ft.epochs=2",
                 "--set", "data.defense_size=100"]  # rnp.defend (the baselines) needs every class and 10 held-out images
         tiny_cell = [*py, "benchmarks.quality", "--attacks", "badnets", *tiny]
         return [
             ("speed", 60, [[*py, "benchmarks.speed", "--workload", "tiny", "--device", "cpu", "--precision", "fp32,bf16",
                             "--json", str(out / "speed.json")]]),
-            ("quality", 90, [[*tiny_cell, *cell_paths(work, "quality")]]),
-            ("regime", 120, regime_workers([*py, "benchmarks.quality", "--attacks", "badnets", "clean", *tiny, *REGIME,
+            ("quality", 120, [[*tiny_cell, *cell_paths(work, "quality")]]),
+            ("regime", 150, regime_workers([*py, "benchmarks.quality", "--attacks", "badnets", "clean", *tiny, *REGIME,
                                             *cell_paths(work, "regime")], 2)),
             ("detection", 60, [[*py, "benchmarks.detection_trace", "--archs", "small_cnn", "--attacks", "badnets", "--seeds", "0",
                                 *trace_paths(out, work), "--device", "cpu"]]),
