@@ -296,7 +296,11 @@ def _one_line(err: dict) -> str:
     if kind == "finite_number":
         return f"{key} must be a finite number, got {value!r}"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        return f"{key} must be {_range(_bounds(loc, err))}, got {value!r}"
+        bounds = _bounds(loc, err)
+        if max(bounds.get("lt", 0), bounds.get("le", 0)) >= 10**9:  # a sanity cap, not a range: name only the side crossed
+            side = ("gt", "ge") if kind.startswith("greater") else ("lt", "le")
+            bounds = {k: v for k, v in bounds.items() if k in side}
+        return f"{key} must be {_range(bounds)}, got {value!r}"
     if kind in ("int_type", "float_type", "bool_type", "string_type", "list_type", "int_from_float"):
         expected = {"int_from_float": "int", "string_type": "str"}.get(kind, kind.removesuffix("_type"))
         return f"{key} must be {expected}, got {value!r}"
@@ -327,4 +331,4 @@ def _range(b: dict[str, float]) -> str:
         return f"in {lo[0]}{lo[1]:g}, {hi[1]:g}{hi[0]}"
     if lo:
         return f"{'>' if lo[0] == '(' else '>='} {lo[1]:g}"
-    return f"{'<' if hi[0] == ')' else '<='} {hi[1]:g}"
+    return f"{'<' if hi[0] == ')' else '<='} {hi[1]:d}" if isinstance(hi[1], int) else f"{'<' if hi[0] == ')' else '<='} {hi[1]:g}"

@@ -10,7 +10,6 @@ from torch.nn.utils import parametrize
 
 from rnp.cli import main
 from rnp.config import AnpParams, AugmentParams, Config, config_from_dict
-from rnp.data import DeviceData
 from rnp.defense import CleanData, DefendOptions, bn_layers, defend
 from rnp.defense.anp import NoisyBias, NoisyMask, anp_masks
 from rnp.errors import RnpError
@@ -20,10 +19,6 @@ from rnp.training import seeded_generator
 from .conftest import default_params, random_clean_data
 
 SPEC = ModelSpec("small_cnn", 10, (1, 8, 8), (0.5,), (0.25,))
-
-
-def _data(n: int = 64) -> DeviceData:
-    return random_clean_data(n)
 
 
 def test_an_unperturbed_all_ones_mask_changes_nothing_and_the_noise_scales_weight_and_bias():
@@ -52,7 +47,7 @@ def test_anp_masks_lie_in_0_1_one_per_bn_channel_and_repeat_exactly_under_the_sa
 
     def run(eps: float):
         torch.manual_seed(1)  # the noise's generator
-        return anp_masks(model, _data(), p.model_copy(update={"eps": eps}), AugmentParams(), seeded_generator(0))
+        return anp_masks(model, random_clean_data(), p.model_copy(update={"eps": eps}), AugmentParams(), seeded_generator(0))
 
     masks, again, no_noise = run(0.4), run(0.4), run(0.0)
     assert list(masks) == list(bn_layers(model))

@@ -32,7 +32,7 @@ BAD_PARAMS = [
     ("attack.sig.delta", -1, "attack.sig.delta must be > 0"),
     ("attack.wanet.gird", 3, "unknown key attack.wanet.gird"),
     ("attack.blend", 0.2, "attack.blend must be a mapping"),
-    ("data.image_size", 0, "data.image_size must be > 0"),
+    ("data.image_size", 0, "data.image_size must be in (0, 4096]"),
     ("train.lr", float("nan"), "train.lr must be a finite number, got nan"),
     ("unlearn.gamma", float("inf"), "unlearn.gamma must be a finite number, got inf"),
     ("attack.rate", 0.0001, "attack.rate 0.0001 poisons 0 of the 1438 training images"),

@@ -9,7 +9,6 @@ import yaml
 
 from rnp.cli import main
 from rnp.config import AugmentParams, FinetuneParams, config_from_dict
-from rnp.data import DeviceData
 from rnp.defense.finetune import finetune
 from rnp.errors import RnpError
 from rnp.metrics import accuracy
@@ -21,15 +20,11 @@ from .conftest import default_params, random_clean_data
 SPEC = ModelSpec("small_cnn", 10, (1, 8, 8), (0.5,), (0.25,))
 
 
-def _data(n: int = 64) -> DeviceData:
-    return random_clean_data(n)
-
-
 def test_finetune_fits_the_clean_images_repeats_exactly_and_leaves_the_input_model_alone():
     torch.manual_seed(0)
     model = create_model(SPEC).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    data, p = _data(), FinetuneParams(epochs=30, lr=0.05, batch_size=16)
+    data, p = random_clean_data(), FinetuneParams(epochs=30, lr=0.05, batch_size=16)
     tuned = finetune(model, data, p, AugmentParams(), seeded_generator(0))
     again = finetune(model, data, p, AugmentParams(), seeded_generator(0))
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
